@@ -1,0 +1,35 @@
+"""a2d2c: Adaptive Attention-Driven Dynamic Convolution for PyTorch.
+
+>>> import torch, a2d2c
+>>> conv = a2d2c.A2D2Conv2d(16, 32, 3, padding=1, num_kernels=4, num_points=100)
+>>> conv(torch.randn(2, 16, 8, 8)).shape
+torch.Size([2, 32, 8, 8])
+"""
+
+from .convert import PLACEMENTS, convert
+from .layers import (
+    A2D2Conv2d,
+    TemperatureMixin,
+    create_conv2d,
+    get_conv_layer,
+    list_conv_layers,
+    register_conv_layer,
+)
+from .temperature import TemperatureScheduler, get_temperature, set_temperature
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "PLACEMENTS",
+    "A2D2Conv2d",
+    "TemperatureMixin",
+    "TemperatureScheduler",
+    "__version__",
+    "convert",
+    "create_conv2d",
+    "get_conv_layer",
+    "get_temperature",
+    "list_conv_layers",
+    "register_conv_layer",
+    "set_temperature",
+]

@@ -1,0 +1,397 @@
+"""A²D²C: Adaptive Attention-Driven Dynamic Convolution (and its ``+`` form).
+
+The semantics are fixed by ``SPEC.md`` §1. In short, with ``K`` base kernels ``W_k``:
+
+* base responses ``F_k = conv(x, W_k) + b_k``;
+* for each of ``N`` draws, ``M`` output positions ``S`` are sampled and
+  ``p̄[b, n, k, o] = mean_{s ∈ S} F_k[b, o, s]`` is the local descriptor;
+* a head (``direct``: identity, ``mlp``: a bottleneck shared by the K kernels) maps
+  ``p̄`` to logits ``z`` and ``π[b, k, o] = mean_n softmax_k(z / τ)``;
+* the output is ``conv(x, Σ_k π_k ⊙ W_k) + Σ_k π_k ⊙ b_k``.
+
+Two exact computations of that one function are implemented (the paper's Eq. 8):
+
+``"kernel"`` (A²D²C, Eq. 6–7)
+    Aggregates one kernel per sample and runs a grouped convolution over the batch.
+    The K full feature maps are never computed: ``p̄`` is linear in the input,
+    ``p̄ = W_k · mean_{s ∈ S} patch(x, s) + b_k``, so only the ``M`` sampled input
+    patches are gathered. Costs one convolution plus a tiny attention.
+``"plus"`` (A²D²C+, Eq. 8)
+    Runs all K convolutions as one dense convolution with ``K·O`` output channels and
+    mixes the K responses with ``π``. Costs K convolutions, but dense ones.
+
+Both give the same output and the same gradients (to float tolerance; the tests check
+both against a per-sample loop). ``impl="auto"`` chooses per call, see
+:meth:`A2D2Conv2d.resolve_impl`.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from ._base import ConvArgs, TemperatureMixin, check_choice, check_conv_input, check_positive_int
+
+__all__ = ["HEADS", "IMPLS", "SAMPLINGS", "A2D2Conv2d"]
+
+SAMPLINGS = ("random", "fixed", "global")
+EVAL_SAMPLINGS = ("global", "fixed")
+HEADS = ("direct", "mlp")
+IMPLS = ("auto", "kernel", "plus")
+
+
+class A2D2Conv2d(TemperatureMixin):
+    """Adaptive Attention-Driven Dynamic Convolution, a drop-in for :class:`nn.Conv2d`.
+
+    Args:
+        in_channels, out_channels, kernel_size, stride, padding, dilation, groups, bias,
+        padding_mode: as in :class:`torch.nn.Conv2d`.
+        num_kernels: ``K``, the number of base kernels.
+        num_points: ``M``, output positions sampled per draw (all positions when
+            ``M ≥ H'·W'``).
+        num_draws: ``N``, independent point sets; their softmaxes are averaged.
+        sampling: ``"random"`` (fresh positions for every sample, draw and pass),
+            ``"fixed"`` (one seeded set per output size) or ``"global"`` (all positions).
+        eval_sampling: what ``"random"`` becomes in ``eval()``: ``"global"`` or
+            ``"fixed"``; inference is deterministic.
+        head: ``"direct"`` (``z = p̄``, parameter-free) or ``"mlp"`` (a bottleneck
+            ``O → h → O`` shared by the K kernels, ``h = max(round(r·O), 16)``).
+        reduction: ``r`` of the ``"mlp"`` head.
+        temperature: initial softmax temperature ``τ`` (a buffer; see
+            :class:`a2d2c.TemperatureScheduler`).
+        impl: ``"kernel"`` (A²D²C), ``"plus"`` (A²D²C+) or ``"auto"``.
+        fixed_seed: seed of the ``"fixed"`` point sets (the same in every process).
+
+    Shape:
+        input ``(B, C, H, W)``, output ``(B, O, H', W')`` as for ``nn.Conv2d``.
+        ``forward(x, points=idx)`` takes explicit flattened output positions, a
+        LongTensor of shape ``(N, M)`` (shared by the batch) or ``(B, N, M)``.
+
+    Attributes:
+        weight: ``(K, O, C/groups, kh, kw)``, the base kernels.
+        bias: ``(K, O)`` or ``None``.
+    """
+
+    def __init__(
+        self,
+        in_channels: int,
+        out_channels: int,
+        kernel_size: int | Sequence[int],
+        stride: int | Sequence[int] = 1,
+        padding: int | Sequence[int] | str = 0,
+        dilation: int | Sequence[int] = 1,
+        groups: int = 1,
+        bias: bool = True,
+        padding_mode: str = "zeros",
+        *,
+        num_kernels: int = 4,
+        num_points: int = 100,
+        num_draws: int = 1,
+        sampling: str = "random",
+        eval_sampling: str = "global",
+        head: str = "direct",
+        reduction: float = 0.0625,
+        temperature: float = 1.0,
+        impl: str = "auto",
+        fixed_seed: int = 0,
+        device: torch.device | str | None = None,
+        dtype: torch.dtype | None = None,
+    ) -> None:
+        super().__init__()
+        self.geometry = ConvArgs(in_channels, out_channels, kernel_size, stride, padding,
+                                 dilation, groups, padding_mode)
+        g = self.geometry
+        self.in_channels, self.out_channels, self.groups = in_channels, out_channels, groups
+        self.kernel_size, self.stride, self.dilation = g.kernel_size, g.stride, g.dilation
+        self.padding, self.padding_mode = g.padding, g.padding_mode
+        self.num_kernels = check_positive_int(num_kernels, "num_kernels", "K")
+        self.num_points = check_positive_int(num_points, "num_points", "M")
+        self.num_draws = check_positive_int(num_draws, "num_draws", "N")
+        self.sampling = check_choice(sampling, "sampling", SAMPLINGS)
+        self.eval_sampling = check_choice(eval_sampling, "eval_sampling", EVAL_SAMPLINGS)
+        self.head = check_choice(head, "head", HEADS)
+        self.impl = check_choice(impl, "impl", IMPLS)
+        if isinstance(reduction, bool) or not isinstance(reduction, (int, float)) or not (
+            0 < reduction <= 1
+        ):
+            raise ValueError(f"reduction (r) must be a number in (0, 1], got {reduction!r}")
+        self.reduction = float(reduction)
+        if isinstance(fixed_seed, bool) or not isinstance(fixed_seed, int):
+            raise TypeError(f"fixed_seed must be an int, got {fixed_seed!r}")
+        self.fixed_seed = fixed_seed
+        self._init_temperature(temperature, device)
+
+        factory = {"device": device, "dtype": dtype}
+        self.weight = nn.Parameter(
+            torch.empty(num_kernels, out_channels, in_channels // groups, *g.kernel_size,
+                        **factory)
+        )
+        self.bias = nn.Parameter(torch.empty(num_kernels, out_channels, **factory)) if bias else None
+        if head == "mlp":
+            self.hidden_channels = max(round(self.reduction * out_channels), 16)
+            self.fc1 = nn.Linear(out_channels, self.hidden_channels, **factory)
+            self.fc2 = nn.Linear(self.hidden_channels, out_channels, **factory)
+        else:
+            self.hidden_channels = 0
+            self.fc1 = self.fc2 = None
+        self._fixed_points: dict[tuple[int, int, str], Tensor] = {}
+        self.reset_parameters()
+
+    # ------------------------------------------------------------------ parameters
+    def reset_parameters(self) -> None:
+        """Initialise every base kernel independently, exactly like ``nn.Conv2d``."""
+        for k in range(self.num_kernels):
+            # nn.Conv2d.reset_parameters: kaiming_uniform_(a=√5), bias U(±1/√fan_in).
+            nn.init.kaiming_uniform_(self.weight[k], a=math.sqrt(5))
+        if self.bias is not None:
+            fan_in = self.weight[0].shape[1] * self.weight.shape[3] * self.weight.shape[4]
+            bound = 1 / math.sqrt(fan_in) if fan_in > 0 else 0.0
+            nn.init.uniform_(self.bias, -bound, bound)
+        if self.fc1 is not None:
+            self.fc1.reset_parameters()
+            self.fc2.reset_parameters()
+
+    @classmethod
+    def from_conv2d(cls, conv: nn.Conv2d, *, noise: float = 1e-2, **kwargs) -> A2D2Conv2d:
+        """Build a layer whose K base kernels are copies of a trained ``nn.Conv2d``.
+
+        ``W_k = W + ε_k`` with ``ε_k ~ N(0, (noise·std(W))²)`` re-centred so that
+        ``Σ_k ε_k = 0``: with uniform attention the converted layer is *exactly* the
+        original (the mean kernel is ``W``), and its deviation is second order in the
+        attention's departure from uniform. The noise breaks the symmetry between
+        kernels: identical ``W_k`` get identical logits and gradients forever.
+        """
+        if not isinstance(conv, nn.Conv2d):
+            raise TypeError(f"from_conv2d expects an nn.Conv2d, got {type(conv).__name__}")
+        if not noise >= 0:
+            raise ValueError(f"noise must be >= 0, got {noise}")
+        if isinstance(conv.padding, str):
+            padding: int | Sequence[int] | str = conv.padding
+        else:
+            padding = conv.padding
+        layer = cls(conv.in_channels, conv.out_channels, conv.kernel_size, conv.stride, padding,
+                    conv.dilation, conv.groups, conv.bias is not None, conv.padding_mode,
+                    device=conv.weight.device, dtype=conv.weight.dtype, **kwargs)
+        with torch.no_grad():
+            w = conv.weight.detach()
+            eps = torch.randn((layer.num_kernels, *w.shape), device=w.device, dtype=w.dtype)
+            if layer.num_kernels > 1:
+                eps -= eps.mean(0, keepdim=True)
+            else:
+                eps.zero_()
+            layer.weight.copy_(w.unsqueeze(0) + noise * w.std() * eps)
+            if conv.bias is not None:
+                layer.bias.copy_(conv.bias.detach().unsqueeze(0).expand_as(layer.bias))
+        return layer
+
+    def extra_repr(self) -> str:
+        g = self.geometry
+        s = (f"{self.in_channels}, {self.out_channels}, kernel_size={g.kernel_size}, "
+             f"stride={g.stride}")
+        if g.padding != (0, 0):
+            s += f", padding={g.padding}"
+        if g.dilation != (1, 1):
+            s += f", dilation={g.dilation}"
+        if g.groups != 1:
+            s += f", groups={g.groups}"
+        if self.bias is None:
+            s += ", bias=False"
+        if g.padding_mode != "zeros":
+            s += f", padding_mode={g.padding_mode}"
+        s += (f", K={self.num_kernels}, M={self.num_points}, N={self.num_draws}, "
+              f"sampling={self.sampling}, eval_sampling={self.eval_sampling}, head={self.head}")
+        if self.head == "mlp":
+            s += f", hidden={self.hidden_channels}"
+        s += f", impl={self.impl}, temperature={float(self.temperature):g}"
+        return s
+
+    # ------------------------------------------------------------------ dispatch
+    def resolve_impl(self, input_shape: Sequence[int], training: bool | None = None) -> str:
+        """The computation (``"kernel"`` or ``"plus"``) used for an input of this shape.
+
+        ``impl="auto"`` picks the cheaper exact form. The kernel form costs one
+        convolution but, for a batch of more than one sample, a grouped convolution
+        with one group per sample, which CPU and GPU libraries run far below dense
+        throughput; the plus form costs K dense convolutions. Measured on CPU (see
+        ``a2d2c bench``), the per-sample grouped convolution loses whenever ``B > 1``,
+        so ``auto`` uses the kernel form only for a single sample, where it is a plain
+        convolution with the aggregated kernel.
+        """
+        if self.impl != "auto":
+            return self.impl
+        return "kernel" if int(input_shape[0]) == 1 else "plus"
+
+    def describe(self, input_shape: Sequence[int]) -> str:
+        """One line saying what a forward pass on ``input_shape`` computes and how."""
+        b, _, h, w = input_shape
+        ho, wo = self.geometry.output_size(int(h), int(w))
+        mode = self._sampling_mode()
+        m = min(self.num_points, ho * wo) if mode != "global" else ho * wo
+        return (f"A2D2Conv2d {self.in_channels}->{self.out_channels} on {tuple(input_shape)}: "
+                f"impl={self.resolve_impl(input_shape)} (requested {self.impl}), "
+                f"sampling={mode} with {m}/{ho * wo} positions x {self.num_draws} draws, "
+                f"K={self.num_kernels}, head={self.head}, tau={float(self.temperature):g}")
+
+    # ------------------------------------------------------------------ sampling
+    def _sampling_mode(self) -> str:
+        if self.sampling == "random" and not self.training:
+            return self.eval_sampling
+        return self.sampling
+
+    def _fixed(self, ho: int, wo: int, device: torch.device) -> Tensor:
+        key = (ho, wo, str(device))
+        pts = self._fixed_points.get(key)
+        if pts is None:
+            # A CPU generator seeded from (seed, output size) gives the same sets in every
+            # process and on every device.
+            gen = torch.Generator().manual_seed(self.fixed_seed * 1_000_003 + ho * 10_007 + wo)
+            pts = torch.stack([torch.randperm(ho * wo, generator=gen)[: self.num_points]
+                               for _ in range(self.num_draws)]).to(device)
+            self._fixed_points[key] = pts
+        return pts
+
+    def _points(self, batch: int, ho: int, wo: int, points: Tensor | None,
+                device: torch.device) -> Tensor | None:
+        """Sampled positions ``(B, N, M)``, or ``None`` for all positions (global)."""
+        length = ho * wo
+        if points is not None:
+            return self._check_points(points, batch, ho, wo).to(device)
+        mode = self._sampling_mode()
+        if mode == "global" or self.num_points >= length:
+            return None
+        if mode == "fixed":
+            return self._fixed(ho, wo, device).unsqueeze(0).expand(batch, -1, -1)
+        # Uniform without replacement: the M largest of L i.i.d. uniforms are a uniformly
+        # random M-subset, drawn for every (sample, draw) at once.
+        noise = torch.rand(batch, self.num_draws, length, device=device)
+        return noise.topk(self.num_points, dim=-1, sorted=False).indices
+
+    def _check_points(self, points: Tensor, batch: int, ho: int, wo: int) -> Tensor:
+        if not isinstance(points, Tensor) or points.dtype not in (torch.int64, torch.int32):
+            got = points.dtype if isinstance(points, Tensor) else type(points).__name__
+            raise TypeError(f"points must be an integer tensor (torch.long), got {got}")
+        if points.dim() == 2:
+            points = points.unsqueeze(0).expand(batch, -1, -1)
+        elif points.dim() != 3 or points.shape[0] != batch:
+            raise ValueError(
+                f"points must have shape (N, M) or (B, N, M) with B={batch}, got "
+                f"{tuple(points.shape)}"
+            )
+        if points.shape[1] < 1 or points.shape[2] < 1:
+            raise ValueError(f"points must hold at least one position per draw, got shape "
+                             f"{tuple(points.shape)}")
+        lo, hi = int(points.min()), int(points.max())
+        if lo < 0 or hi >= ho * wo:
+            raise ValueError(
+                f"points index the flattened output grid of size {ho}x{wo}, so they must lie "
+                f"in [0, {ho * wo}); got values in [{lo}, {hi}]"
+            )
+        return points.long()
+
+    # ------------------------------------------------------------------ attention
+    def _attention(self, pbar: Tensor) -> Tensor:
+        """``p̄ (B, N, K, O)`` → ``π (B, K, O)``, computed in at least float32."""
+        z = pbar
+        if self.fc1 is not None:
+            z = self.fc2(F.relu(self.fc1(z.to(self.fc1.weight.dtype)))).to(pbar.dtype)
+        tau = self.temperature.to(z.dtype)
+        return torch.softmax(z / tau, dim=2).mean(1)
+
+    def _acc_dtype(self) -> torch.dtype:
+        return torch.promote_types(self.weight.dtype, torch.float32)
+
+    # ------------------------------------------------------------------ forward
+    def forward(self, x: Tensor, points: Tensor | None = None) -> Tensor:
+        check_conv_input(x, self.geometry, type(self).__name__)
+        b, _, h, w = x.shape
+        ho, wo = self.geometry.output_size(h, w)
+        idx = self._points(b, ho, wo, points, x.device)
+        x, pad = self.geometry.pad_input(x)
+        if self.resolve_impl(x.shape) == "kernel":
+            return self._forward_kernel(x, pad, idx, ho, wo)
+        return self._forward_plus(x, pad, idx, ho, wo)
+
+    def _patch_means(self, x: Tensor, pad: tuple[int, int], idx: Tensor | None,
+                     ho: int, wo: int) -> Tensor:
+        """Mean input patch over the sampled positions: ``(B, N, C, kh·kw)``."""
+        ph, pw = pad
+        if ph or pw:
+            x = F.pad(x, (pw, pw, ph, ph))
+        b, c, hp, wp = x.shape
+        (kh, kw), (sh, sw), (dh, dw) = self.kernel_size, self.stride, self.dilation
+        if idx is None:
+            # All positions: for each kernel offset, the mean of a strided window.
+            means = [x[:, :, i * dh: i * dh + (ho - 1) * sh + 1: sh,
+                       j * dw: j * dw + (wo - 1) * sw + 1: sw].mean((2, 3))
+                     for i in range(kh) for j in range(kw)]
+            return torch.stack(means, dim=-1).unsqueeze(1)
+        n, m = idx.shape[1], idx.shape[2]
+        oy = torch.div(idx, wo, rounding_mode="floor")
+        ox = idx - oy * wo
+        base = oy * (sh * wp) + ox * sw  # top-left input pixel of each patch, (B, N, M)
+        ky = torch.arange(kh, device=x.device) * (dh * wp)
+        kx = torch.arange(kw, device=x.device) * dw
+        offsets = (ky[:, None] + kx[None, :]).flatten()  # (kh·kw,)
+        flat = (base.unsqueeze(-1) + offsets).reshape(b, 1, n * m * kh * kw)
+        patches = x.reshape(b, c, hp * wp).gather(2, flat.expand(b, c, -1))
+        return patches.view(b, c, n, m, kh * kw).mean(3).transpose(1, 2)
+
+    def _forward_kernel(self, x: Tensor, pad: tuple[int, int], idx: Tensor | None,
+                        ho: int, wo: int) -> Tensor:
+        b, c, h, w = x.shape
+        k, o, g = self.num_kernels, self.out_channels, self.groups
+        acc = self._acc_dtype()
+        with torch.autocast(x.device.type, enabled=False):
+            patches = self._patch_means(x.to(acc), pad, idx, ho, wo)  # (B, N, C, T)
+            n = patches.shape[1]
+            weight = self.weight.to(acc)
+            pbar = torch.einsum(
+                "kgoct,bngct->bnkgo",
+                weight.view(k, g, o // g, c // g, -1),
+                patches.reshape(b, n, g, c // g, -1),
+            ).reshape(b, n, k, o)
+            if self.bias is not None:
+                pbar = pbar + self.bias.to(acc)
+            pi = self._attention(pbar)  # (B, K, O)
+            agg_weight = torch.einsum("bko,kocij->bocij", pi.to(self.weight.dtype), self.weight)
+            agg_bias = None
+            if self.bias is not None:
+                agg_bias = torch.einsum("bko,ko->bo", pi.to(self.bias.dtype), self.bias)
+        # One grouped convolution: sample b's channels form groups b·g .. b·g+g-1.
+        y = F.conv2d(
+            x.reshape(1, b * c, h, w),
+            agg_weight.reshape(b * o, c // g, *self.kernel_size),
+            None if agg_bias is None else agg_bias.reshape(b * o),
+            self.stride, pad, self.dilation, b * g,
+        )
+        return y.view(b, o, ho, wo)
+
+    def _forward_plus(self, x: Tensor, pad: tuple[int, int], idx: Tensor | None,
+                      ho: int, wo: int) -> Tensor:
+        b = x.shape[0]
+        k, o, g = self.num_kernels, self.out_channels, self.groups
+        og = o // g
+        # Output channels of a grouped conv are group-major: order them (g, K, O/g).
+        weight = self.weight.view(k, g, og, *self.weight.shape[2:]).transpose(0, 1)
+        bias = None if self.bias is None else self.bias.view(k, g, og).transpose(0, 1).reshape(-1)
+        feats = F.conv2d(x, weight.reshape(g * k * og, *self.weight.shape[2:]), bias,
+                         self.stride, pad, self.dilation, g)
+        feats = feats.reshape(b, g, k, og, ho * wo)
+        acc = self._acc_dtype()
+        with torch.autocast(x.device.type, enabled=False):
+            if idx is None:
+                pbar = feats.to(acc).mean(-1).unsqueeze(1)  # (B, 1, g, K, O/g)
+            else:
+                n = idx.shape[1]
+                flat = idx.reshape(b, 1, -1).expand(b, g * k * og, -1)
+                pbar = feats.reshape(b, g * k * og, ho * wo).gather(2, flat).to(acc)
+                pbar = pbar.view(b, g, k, og, n, -1).mean(-1).permute(0, 4, 1, 2, 3)
+            pbar = pbar.transpose(2, 3).reshape(b, -1, k, o)  # (B, N, K, O)
+            pi = self._attention(pbar)
+        pi = pi.to(feats.dtype).view(b, k, g, og).transpose(1, 2).unsqueeze(-1)
+        y = (feats * pi).sum(2)
+        return y.view(b, o, ho, wo)
