@@ -210,7 +210,7 @@ class A2D2Conv2d(TemperatureMixin):
         return s
 
     # ------------------------------------------------------------------ dispatch
-    def resolve_impl(self, input_shape: Sequence[int], training: bool | None = None) -> str:
+    def resolve_impl(self, input_shape: Sequence[int]) -> str:
         """The computation (``"kernel"`` or ``"plus"``) used for an input of this shape.
 
         ``impl="auto"`` picks the cheaper exact form. The kernel form costs one
@@ -254,20 +254,26 @@ class A2D2Conv2d(TemperatureMixin):
             self._fixed_points[key] = pts
         return pts
 
-    def _points(self, batch: int, ho: int, wo: int, points: Tensor | None,
-                device: torch.device) -> Tensor | None:
-        """Sampled positions ``(B, N, M)``, or ``None`` for all positions (global)."""
+    def sample_points(self, batch_size: int, output_size: Sequence[int],
+                      device: torch.device | str | None = None) -> Tensor | None:
+        """The positions a forward pass in the current mode would use.
+
+        Returns a LongTensor ``(B, N, M)`` of flattened output positions, or ``None`` when
+        every position is used (``global`` sampling, or ``M ≥ H'·W'``). ``random`` draws
+        from torch's global RNG exactly as :meth:`forward` does, so re-seeding and calling
+        ``forward(x, points=layer.sample_points(...))`` reproduces a training pass.
+        """
+        ho, wo = (int(v) for v in output_size)
         length = ho * wo
-        if points is not None:
-            return self._check_points(points, batch, ho, wo).to(device)
+        device = torch.device("cpu") if device is None else torch.device(device)
         mode = self._sampling_mode()
         if mode == "global" or self.num_points >= length:
             return None
         if mode == "fixed":
-            return self._fixed(ho, wo, device).unsqueeze(0).expand(batch, -1, -1)
+            return self._fixed(ho, wo, device).unsqueeze(0).expand(batch_size, -1, -1)
         # Uniform without replacement: the M largest of L i.i.d. uniforms are a uniformly
         # random M-subset, drawn for every (sample, draw) at once.
-        noise = torch.rand(batch, self.num_draws, length, device=device)
+        noise = torch.rand(batch_size, self.num_draws, length, device=device)
         return noise.topk(self.num_points, dim=-1, sorted=False).indices
 
     def _check_points(self, points: Tensor, batch: int, ho: int, wo: int) -> Tensor:
@@ -309,7 +315,10 @@ class A2D2Conv2d(TemperatureMixin):
         check_conv_input(x, self.geometry, type(self).__name__)
         b, _, h, w = x.shape
         ho, wo = self.geometry.output_size(h, w)
-        idx = self._points(b, ho, wo, points, x.device)
+        if points is None:
+            idx = self.sample_points(b, (ho, wo), x.device)
+        else:
+            idx = self._check_points(points, b, ho, wo).to(x.device)
         x, pad = self.geometry.pad_input(x)
         if self.resolve_impl(x.shape) == "kernel":
             return self._forward_kernel(x, pad, idx, ho, wo)
