@@ -437,7 +437,8 @@ def test_forward_errors():
         layer(x, points=torch.tensor([[0, 36]]))
     with pytest.raises(ValueError, match=r"got values in \[-1, 3\]"):
         layer(x, points=torch.tensor([[-1, 3]]))
-    with pytest.raises(ValueError, match=r"shape \(N, M\) or \(B, N, M\) with B=2, got \(3, 1, 2\)"):
+    with pytest.raises(ValueError,
+                       match=r"shape \(N, M\) or \(B, N, M\) with B=2, got \(3, 1, 2\)"):
         layer(x, points=torch.zeros(3, 1, 2, dtype=torch.long))
     with pytest.raises(ValueError, match=r"shape \(N, M\) or \(B, N, M\)"):
         layer(x, points=torch.zeros(5, dtype=torch.long))

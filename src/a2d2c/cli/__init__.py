@@ -25,7 +25,7 @@ def build_parser() -> argparse.ArgumentParser:
         prog="a2d2c", description="Adaptive Attention-Driven Dynamic Convolution toolkit"
     )
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
-    for name, (module, help_text) in COMMANDS.items():
+    for name, (_module, help_text) in COMMANDS.items():
         sub.add_parser(name, help=help_text, add_help=False)
     return parser
 

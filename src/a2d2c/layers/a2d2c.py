@@ -130,7 +130,8 @@ class A2D2Conv2d(TemperatureMixin):
             torch.empty(num_kernels, out_channels, in_channels // groups, *g.kernel_size,
                         **factory)
         )
-        self.bias = nn.Parameter(torch.empty(num_kernels, out_channels, **factory)) if bias else None
+        self.bias = (nn.Parameter(torch.empty(num_kernels, out_channels, **factory)) if bias
+                     else None)
         if head == "mlp":
             self.hidden_channels = max(round(self.reduction * out_channels), 16)
             self.fc1 = nn.Linear(out_channels, self.hidden_channels, **factory)
@@ -227,7 +228,7 @@ class A2D2Conv2d(TemperatureMixin):
 
     def describe(self, input_shape: Sequence[int]) -> str:
         """One line saying what a forward pass on ``input_shape`` computes and how."""
-        b, _, h, w = input_shape
+        _b, _, h, w = input_shape
         ho, wo = self.geometry.output_size(int(h), int(w))
         mode = self._sampling_mode()
         m = min(self.num_points, ho * wo) if mode != "global" else ho * wo
