@@ -35,6 +35,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ._base import ConvArgs, TemperatureMixin, check_choice, check_conv_input, check_positive_int
+from ._functional import aggregated_conv2d
 
 __all__ = ["HEADS", "IMPLS", "SAMPLINGS", "A2D2Conv2d"]
 
@@ -328,31 +329,38 @@ class A2D2Conv2d(TemperatureMixin):
     def _patch_means(self, x: Tensor, pad: tuple[int, int], idx: Tensor | None,
                      ho: int, wo: int) -> Tensor:
         """Mean input patch over the sampled positions: ``(B, N, C, kh·kw)``."""
-        ph, pw = pad
-        if ph or pw:
-            x = F.pad(x, (pw, pw, ph, ph))
-        b, c, hp, wp = x.shape
-        (kh, kw), (sh, sw), (dh, dw) = self.kernel_size, self.stride, self.dilation
+        b, c, h, w = x.shape
+        (kh, kw), (sh, sw), (dh, dw), (ph, pw) = (self.kernel_size, self.stride, self.dilation,
+                                                  pad)
         if idx is None:
             # All positions: for each kernel offset, the mean of a strided window.
-            means = [x[:, :, i * dh: i * dh + (ho - 1) * sh + 1: sh,
-                       j * dw: j * dw + (wo - 1) * sw + 1: sw].mean((2, 3))
+            xp = F.pad(x, (pw, pw, ph, ph)) if ph or pw else x
+            means = [xp[:, :, i * dh: i * dh + (ho - 1) * sh + 1: sh,
+                        j * dw: j * dw + (wo - 1) * sw + 1: sw].mean((2, 3))
                      for i in range(kh) for j in range(kw)]
             return torch.stack(means, dim=-1).unsqueeze(1)
+        # Sampled positions: one bag of M input pixels per (sample, draw, kernel offset),
+        # averaged by embedding_bag over the pixels as rows of a (B·H·W + 1, C) table whose
+        # last row is zero (it stands for zero padding). Nothing of size B·C·M·kh·kw is
+        # materialised, and backward saves only the indices.
         n, m = idx.shape[1], idx.shape[2]
         oy = torch.div(idx, wo, rounding_mode="floor")
         ox = idx - oy * wo
-        base = oy * (sh * wp) + ox * sw  # top-left input pixel of each patch, (B, N, M)
-        ky = torch.arange(kh, device=x.device) * (dh * wp)
-        kx = torch.arange(kw, device=x.device) * dw
-        offsets = (ky[:, None] + kx[None, :]).flatten()  # (kh·kw,)
-        flat = (base.unsqueeze(-1) + offsets).reshape(b, 1, n * m * kh * kw)
-        patches = x.reshape(b, c, hp * wp).gather(2, flat.expand(b, c, -1))
-        return patches.view(b, c, n, m, kh * kw).mean(3).transpose(1, 2)
+        dy = (torch.arange(kh, device=x.device) * dh).repeat_interleave(kw)  # (kh·kw,)
+        dx = (torch.arange(kw, device=x.device) * dw).repeat(kh)
+        iy = (oy * sh - ph).unsqueeze(-1) + dy
+        ix = (ox * sw - pw).unsqueeze(-1) + dx
+        inside = (iy >= 0) & (iy < h) & (ix >= 0) & (ix < w)
+        sample = torch.arange(b, device=x.device).view(b, 1, 1, 1) * (h * w)
+        rows = torch.where(inside, sample + iy * w + ix, b * h * w)  # (B, N, M, kh·kw)
+        table = F.pad(x.permute(0, 2, 3, 1).reshape(b * h * w, c), (0, 0, 0, 1))
+        bags = rows.permute(0, 1, 3, 2).reshape(b * n * kh * kw, m)
+        means = F.embedding_bag(bags, table, mode="mean")  # (B·N·kh·kw, C)
+        return means.view(b, n, kh * kw, c).transpose(2, 3)
 
     def _forward_kernel(self, x: Tensor, pad: tuple[int, int], idx: Tensor | None,
                         ho: int, wo: int) -> Tensor:
-        b, c, h, w = x.shape
+        b, c = x.shape[:2]
         k, o, g = self.num_kernels, self.out_channels, self.groups
         acc = self._acc_dtype()
         with torch.autocast(x.device.type, enabled=False):
@@ -367,18 +375,8 @@ class A2D2Conv2d(TemperatureMixin):
             if self.bias is not None:
                 pbar = pbar + self.bias.to(acc)
             pi = self._attention(pbar)  # (B, K, O)
-            agg_weight = torch.einsum("bko,kocij->bocij", pi.to(self.weight.dtype), self.weight)
-            agg_bias = None
-            if self.bias is not None:
-                agg_bias = torch.einsum("bko,ko->bo", pi.to(self.bias.dtype), self.bias)
-        # One grouped convolution: sample b's channels form groups b·g .. b·g+g-1.
-        y = F.conv2d(
-            x.reshape(1, b * c, h, w),
-            agg_weight.reshape(b * o, c // g, *self.kernel_size),
-            None if agg_bias is None else agg_bias.reshape(b * o),
-            self.stride, pad, self.dilation, b * g,
-        )
-        return y.view(b, o, ho, wo)
+        return aggregated_conv2d(x, pi, self.weight, self.bias, self.stride, pad, self.dilation,
+                                 self.groups)
 
     def _forward_plus(self, x: Tensor, pad: tuple[int, int], idx: Tensor | None,
                       ho: int, wo: int) -> Tensor:
