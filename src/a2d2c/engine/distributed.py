@@ -28,6 +28,8 @@ class DistContext:
     rank: int = 0
     local_rank: int = 0
     world_size: int = 1
+    #: whether init_distributed started the process group (and cleanup should end it)
+    owns_group: bool = False
     device: torch.device = field(default_factory=lambda: torch.device("cpu"))
 
     @property
@@ -60,6 +62,7 @@ def init_distributed(device: str = "auto") -> DistContext:
     rank = int(os.environ.get("RANK", "0"))
     local_rank = int(os.environ.get("LOCAL_RANK", "0"))
     dev = _select_device(device, local_rank)
+    owns = False
     if world > 1:
         if dev.type == "cuda":
             torch.cuda.set_device(dev)
@@ -67,11 +70,14 @@ def init_distributed(device: str = "auto") -> DistContext:
             backend = "nccl" if dev.type == "cuda" else "gloo"
             kwargs = {"device_id": dev} if dev.type == "cuda" else {}
             dist.init_process_group(backend=backend, **kwargs)
-    return DistContext(rank=rank, local_rank=local_rank, world_size=world, device=dev)
+            owns = True
+    return DistContext(rank=rank, local_rank=local_rank, world_size=world, owns_group=owns,
+                       device=dev)
 
 
-def cleanup_distributed() -> None:
-    if is_distributed():
+def cleanup_distributed(ctx: DistContext | None = None) -> None:
+    """End the process group if ``ctx`` started it (or, without ``ctx``, if any)."""
+    if is_distributed() and (ctx is None or ctx.owns_group):
         dist.destroy_process_group()
 
 

@@ -273,6 +273,7 @@ class FitResult:
     global_step: int
     best_top1: float | None
     final_metrics: dict[str, Any]
+    model: nn.Module  # the trained model, unwrapped (last state, not best)
     signum: int | None = None
 
 
@@ -304,7 +305,7 @@ def fit(cfg: Config, *, resume: str | os.PathLike | None = None,
     try:
         return _fit(cfg, ctx, resume, stop, on_step)
     finally:
-        cleanup_distributed()
+        cleanup_distributed(ctx)
 
 
 def _fit(cfg: Config, ctx: DistContext, resume: str | os.PathLike | None, stop: StopRequest,
@@ -505,7 +506,8 @@ def _fit(cfg: Config, ctx: DistContext, resume: str | os.PathLike | None, stop: 
     if writer is not None:
         writer.close()
     return FitResult(status=status, output_dir=out, epoch=epochs_done, global_step=global_step,
-                     best_top1=best_top1, final_metrics=final, signum=stop.signum)
+                     best_top1=best_top1, final_metrics=final, model=model,
+                     signum=stop.signum)
 
 
 def config_from_checkpoint(state: dict[str, Any]) -> Config:
@@ -572,7 +574,7 @@ def evaluate_checkpoint(path: str | os.PathLike, overrides: dict[str, Any] | Non
             model, loader, device=ctx.device, amp_dtype=AMP_DTYPES[cfg.train.amp],
             channels_last=cfg.train.channels_last, progress=cfg.train.progress and ctx.is_main)
     finally:
-        cleanup_distributed()
+        cleanup_distributed(ctx)
     metrics["recorded_top1"] = (state.get("metrics") or {}).get("val_top1")
     metrics["model_name"] = cfg.model.name
     metrics["dataset"] = cfg.data.name
