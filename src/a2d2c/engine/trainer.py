@@ -277,6 +277,16 @@ class FitResult:
     signum: int | None = None
 
 
+def to_channels_last(model: nn.Module) -> nn.Module:
+    """Store the 4-d weights channels-last (``Module.to(memory_format=...)`` would fail on
+    the 5-d ``(K, O, C, kh, kw)`` kernel banks of dynamic layers)."""
+    with torch.no_grad():
+        for p in model.parameters():
+            if p.dim() == 4:
+                p.data = p.data.contiguous(memory_format=torch.channels_last)
+    return model
+
+
 def _seed_everything(seed: int) -> None:
     random.seed(seed)
     np.random.seed(seed % 2**32)
@@ -302,9 +312,11 @@ def fit(cfg: Config, *, resume: str | os.PathLike | None = None,
     validate_config(cfg)
     stop = stop or StopRequest()
     ctx = init_distributed(cfg.train.device)
+    threads = torch.get_num_threads()
     try:
         return _fit(cfg, ctx, resume, stop, on_step)
     finally:
+        torch.set_num_threads(threads)
         cleanup_distributed(ctx)
 
 
@@ -332,7 +344,7 @@ def _fit(cfg: Config, ctx: DistContext, resume: str | os.PathLike | None, stop: 
         load_model_state(model, ckpt, source=f"checkpoint {resume}")
     model.to(device)
     if t.channels_last:
-        model.to(memory_format=torch.channels_last)
+        to_channels_last(model)
     if ctx.distributed and cfg.model.sync_bn:
         model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
     n_params = sum(p.numel() for p in model.parameters())
@@ -566,7 +578,7 @@ def evaluate_checkpoint(path: str | os.PathLike, overrides: dict[str, Any] | Non
         load_model_state(model, state, source=f"checkpoint {path}", expected_name=cfg.model.name)
         model.to(ctx.device)
         if cfg.train.channels_last:
-            model.to(memory_format=torch.channels_last)
+            to_channels_last(model)
         val_set = build_dataset(cfg.data.name, "val", cfg.data)
         loader = build_loader(val_set, cfg.data, train=False, seed=cfg.train.seed,
                               rank=ctx.rank, world_size=ctx.world_size, device=ctx.device)
