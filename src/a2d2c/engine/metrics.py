@@ -34,6 +34,7 @@ class MetricsWriter:
     def truncate_after(self, epoch: int) -> None:
         """Drop rows of epochs > ``epoch`` (a resumed run rewrites them)."""
         if not self.jsonl.is_file():
+            self.csv.unlink(missing_ok=True)
             return
         rows = [json.loads(line) for line in self.jsonl.read_text().splitlines() if line]
         rows = [r for r in rows if r.get("epoch", 0) <= epoch]

@@ -404,8 +404,10 @@ def _fit(cfg: Config, ctx: DistContext, resume: str | os.PathLike | None, stop: 
         from .metrics import MetricsWriter
 
         writer = MetricsWriter(out, tensorboard=t.tensorboard)
-        if ckpt is not None:
-            writer.truncate_after(start_epoch)
+        if ckpt is None and (out / "last.pt").exists():
+            _log(ctx, f"note: {out} holds an earlier run; starting afresh over it "
+                 "(use --resume to continue it, or another --train.output_dir)")
+        writer.truncate_after(start_epoch)  # rows beyond the starting point are redone
     _log(ctx, f"model {cfg.model.name}: {n_params / 1e6:.3f}M params | data {cfg.data.name}: "
          f"{len(train_set)} train / {len(val_set)} val images, {info.num_classes} classes | "
          f"{ctx.world_size} process(es) on {device.type}, batch {cfg.data.batch_size} "
