@@ -170,3 +170,16 @@ def test_loader_batches_and_global_batch_size():
         build_loader(train, cfg, train=True, world_size=3)
     val = build_dataset("synthetic", "val", cfg)
     assert sum(len(b[1]) for b in build_loader(val, cfg, train=False)) == 7
+
+
+def test_worker_processes_load_the_same_batches():
+    cfg = DataConfig(name="synthetic", img_size=8, train_samples=16, batch_size=4,
+                     num_classes=3, workers=0)
+    ds = build_dataset("synthetic", "train", cfg)
+    ref = list(build_loader(ds, cfg, train=True, seed=3))
+    cfg.workers = 2
+    loader = build_loader(ds, cfg, train=True, seed=3)
+    got = list(loader)
+    assert len(got) == len(ref) == 4
+    for a, b in zip(ref, got, strict=True):
+        assert torch.equal(a[0], b[0]) and torch.equal(a[1], b[1])
