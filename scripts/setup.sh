@@ -2,7 +2,7 @@
 # Install a2d2c with everything its tests and default job need, on a fresh machine.
 #   - torch/torchvision at the versions this project is tested with
 #   - the package in editable mode with its dev extras
-#   - Fashion-MNIST for the offline default job: Debian's package when apt is there,
+#   - Fashion-MNIST for the offline default job (`a2d2c train`): Debian's package when apt is there,
 #     otherwise torchvision downloads it on first use (needs internet).
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -18,4 +18,4 @@ if [ ! -d /usr/share/datasets/fashion-mnist ]; then
     echo "setup: no apt (or not root); Fashion-MNIST will be downloaded by torchvision on first use"
   fi
 fi
-echo "setup: done"
+echo "setup: done (next: a2d2c train)"
