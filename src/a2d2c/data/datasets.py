@@ -144,14 +144,17 @@ class FashionMNIST(TensorImageDataset):
     """Fashion-MNIST from IDX files (gzipped or not).
 
     Looked for in ``root`` if given (also ``root/FashionMNIST/raw``, torchvision's
-    layout), else in Debian's ``/usr/share/datasets/fashion-mnist``; with
+    layout), else in Debian's ``/usr/share/datasets/fashion-mnist`` and then
+    ``./data/FashionMNIST/raw``; with
     ``download=True`` torchvision fetches it into ``root`` (default ``./data``).
     """
 
     @staticmethod
     def _candidates(root: str | os.PathLike | None) -> list[Path]:
-        return ([Path(root), Path(root) / "FashionMNIST" / "raw"] if root
-                else [Path(d) for d in FASHION_MNIST_DIRS])
+        if root:
+            return [Path(root), Path(root) / "FashionMNIST" / "raw"]
+        # Debian's package, then where scripts/setup.sh downloads it (data/, from the repo)
+        return [Path(d) for d in FASHION_MNIST_DIRS] + [Path("data") / "FashionMNIST" / "raw"]
 
     @classmethod
     def locate(cls, root: str | os.PathLike | None, train: bool = True) -> tuple[Path, Path]:
