@@ -1,0 +1,151 @@
+"""Helpers shared by the baseline dynamic convolutions (CondConv, DynamicConv, DCD, ODConv).
+
+Kept apart from ``_functional.py`` (which the A²D²C kernel form owns) so that the two can
+evolve independently. Everything here is plain autograd.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from ._base import ConvArgs, check_conv_input
+
+__all__ = [
+    "DynamicConvBase",
+    "attention_dtype",
+    "check_ratio",
+    "hard_sigmoid",
+    "init_like_conv2d",
+    "linear",
+    "per_sample_conv2d",
+]
+
+
+def per_sample_conv2d(
+    x: Tensor,
+    kernels: Tensor,
+    bias: Tensor | None = None,
+    stride: tuple[int, int] = (1, 1),
+    padding: tuple[int, int] = (0, 0),
+    dilation: tuple[int, int] = (1, 1),
+    groups: int = 1,
+) -> Tensor:
+    """Convolve each sample with its own kernel, as one grouped convolution over the batch.
+
+    Args:
+        x: ``(B, C, H, W)``.
+        kernels: ``(B, O, C/groups, kh, kw)``, sample ``b`` uses ``kernels[b]``.
+        bias: ``(B, O)`` or ``None``.
+
+    Returns:
+        ``(B, O, H', W')``, ``y[b] = conv(x[b], kernels[b]) + bias[b]``.
+    """
+    b, c, h, w = x.shape
+    o = kernels.shape[1]
+    y = F.conv2d(
+        x.reshape(1, b * c, h, w),
+        kernels.reshape(b * o, *kernels.shape[2:]),
+        None if bias is None else bias.reshape(b * o),
+        stride, padding, dilation, b * groups,
+    )
+    return y.view(b, o, *y.shape[2:])
+
+
+def hard_sigmoid(x: Tensor) -> Tensor:
+    """``relu6(x + 3) / 3``, in ``[0, 2]`` and 1 at 0: the gate of the official DCD code.
+
+    (Note the ``/ 3``, not the ``/ 6`` of MobileNetV3's h-sigmoid.)
+    """
+    return F.relu6(x + 3.0) / 3.0
+
+
+class DynamicConvBase(nn.Module):
+    """Geometry, input checks and ``extra_repr`` shared by the baseline layers.
+
+    Subclasses call :meth:`_init_geometry` with the ``nn.Conv2d`` arguments first; the
+    validated :class:`ConvArgs` is ``self.geometry`` and its fields are mirrored as the
+    usual ``nn.Conv2d`` attributes (``in_channels``, ``kernel_size``, ``stride``, ...).
+    """
+
+    geometry: ConvArgs
+
+    def _init_geometry(
+        self,
+        in_channels: int,
+        out_channels: int,
+        kernel_size: int | Sequence[int],
+        stride: int | Sequence[int],
+        padding: int | Sequence[int] | str,
+        dilation: int | Sequence[int],
+        groups: int,
+        padding_mode: str,
+    ) -> ConvArgs:
+        g = ConvArgs(in_channels, out_channels, kernel_size, stride, padding, dilation, groups,
+                     padding_mode)
+        self.geometry = g
+        self.in_channels, self.out_channels, self.groups = in_channels, out_channels, groups
+        self.kernel_size, self.stride, self.dilation = g.kernel_size, g.stride, g.dilation
+        self.padding, self.padding_mode = g.padding, g.padding_mode
+        return g
+
+    def _check_input(self, x: Tensor) -> None:
+        check_conv_input(x, self.geometry, type(self).__name__)
+
+    def _geometry_repr(self, has_bias: bool) -> str:
+        g = self.geometry
+        s = (f"{self.in_channels}, {self.out_channels}, kernel_size={g.kernel_size}, "
+             f"stride={g.stride}")
+        if g.padding != (0, 0):
+            s += f", padding={g.padding}"
+        if g.dilation != (1, 1):
+            s += f", dilation={g.dilation}"
+        if g.groups != 1:
+            s += f", groups={g.groups}"
+        if not has_bias:
+            s += ", bias=False"
+        if g.padding_mode != "zeros":
+            s += f", padding_mode={g.padding_mode}"
+        return s
+
+
+def init_like_conv2d(weight: Tensor, bias: Tensor | None) -> None:
+    """Initialise ``K`` stacked kernels ``(K, O, C/g, kh, kw)`` each exactly like ``nn.Conv2d``.
+
+    ``bias`` is ``(K, O)`` or ``(O,)`` and drawn from ``U(±1/√fan_in)``.
+    """
+    stacked = weight.dim() == 5
+    kernels = weight if stacked else weight.unsqueeze(0)
+    for k in range(kernels.shape[0]):
+        # nn.Conv2d.reset_parameters: kaiming_uniform_(a=√5), bias U(±1/√fan_in).
+        nn.init.kaiming_uniform_(kernels[k], a=math.sqrt(5))
+    if bias is not None:
+        fan_in = kernels.shape[2] * kernels.shape[3] * kernels.shape[4]
+        bound = 1 / math.sqrt(fan_in) if fan_in > 0 else 0.0
+        nn.init.uniform_(bias, -bound, bound)
+
+
+def check_ratio(value: float, name: str) -> float:
+    """Validate a ratio in ``(0, 1]`` such as ``reduction``."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 < value <= 1:
+        raise ValueError(f"{name} must be a number in (0, 1], got {value!r}")
+    return float(value)
+
+
+def attention_dtype(param: Tensor) -> torch.dtype:
+    """The dtype the attention branches run in: the parameters' dtype, at least float32.
+
+    The attention is computed with autocast disabled, so that under mixed precision only
+    the convolutions run in the low-precision dtype (as for :class:`A2D2Conv2d`).
+    """
+    return torch.promote_types(param.dtype, torch.float32)
+
+
+def linear(layer: nn.Linear, x: Tensor) -> Tensor:
+    """``layer(x)`` with the layer's parameters cast to ``x``'s dtype (attention precision)."""
+    bias = None if layer.bias is None else layer.bias.to(x.dtype)
+    return F.linear(x, layer.weight.to(x.dtype), bias)
