@@ -18,6 +18,7 @@ from torch.utils._python_dispatch import TorchDispatchMode
 
 import a2d2c
 from a2d2c import CondConv2d, DCDConv2d, DynamicConv2d, ODConv2d
+from a2d2c.layers._dynamic_functional import omni_aggregated_conv2d
 from a2d2c.layers.dcd import dcd_latent_dim
 
 LAYERS = {"condconv": CondConv2d, "dynamicconv": DynamicConv2d, "dcd": DCDConv2d,
@@ -330,6 +331,27 @@ def test_no_loop_over_the_batch(name):
             layer(torch.randn(batch, 4, 6, 6))
         counts.append(counter.calls)
     assert counts[0] == counts[1] <= 3, counts
+
+
+@pytest.mark.parametrize("spatial,channel,bias,x_grad", [
+    (True, True, True, True), (True, False, False, False), (False, True, True, False),
+    (False, False, True, True),
+])
+def test_omni_aggregated_conv2d_gradcheck(spatial, channel, bias, x_grad):
+    torch.manual_seed(0)
+    opts = dict(dtype=torch.float64)
+    b, k, o, c, g = 2, 3, 4, 4, 2
+    x = torch.randn(b, c, 5, 5, **opts, requires_grad=x_grad)
+    pi = torch.rand(b, k, o, **opts, requires_grad=True)
+    weight = torch.randn(k, o, c // g, 3, 2, **opts, requires_grad=True)
+    bias_t = torch.randn(k, o, **opts, requires_grad=True) if bias else None
+    sp = torch.rand(b, 6, **opts, requires_grad=True) if spatial else None
+    ch = torch.rand(b, c, **opts, requires_grad=True) if channel else None
+
+    def fn(x, pi, weight, bias_t, sp, ch):
+        return omni_aggregated_conv2d(x, pi, weight, bias_t, sp, ch, (2, 1), (1, 1), (1, 2), g)
+
+    assert torch.autograd.gradcheck(fn, (x, pi, weight, bias_t, sp, ch), fast_mode=True)
 
 
 @pytest.mark.parametrize("name", list(LAYERS))

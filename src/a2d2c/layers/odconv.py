@@ -14,10 +14,12 @@ As in the official code, a head is left out (its attention is 1) where it is red
 the kernel head when ``K = 1``, the spatial head for ``1×1`` kernels, the filter head for
 depthwise convolutions (``C = O = groups``), which keeps the published parameter counts.
 
-Computation: the channel attention scales the input (``conv(x, W ⊙ α_c) = conv(x ⊙ α_c,
-W)``, exact because it is per input channel), the kernel and filter attentions are one
-per-output-channel mixing weight ``π[b,k,o] = α_w[b,k]·α_f[b,o]``, and the spatial
-attention scales the kernel taps; the result is one grouped convolution over the batch.
+Computation: the kernel and filter attentions are one per-output-channel mixing weight
+``π[b,k,o] = α_w[b,k]·α_f[b,o]``; the spatial and channel attentions scale the mixed
+kernel's taps and input channels; the per-sample kernels are applied as one grouped
+convolution over the batch by a custom autograd function that recomputes them in backward
+instead of saving them (:func:`~a2d2c.layers._dynamic_functional.omni_aggregated_conv2d`;
+the official code keeps ``B`` full kernels per layer alive for backward).
 """
 
 from __future__ import annotations
@@ -35,9 +37,8 @@ from ._dynamic_functional import (
     check_ratio,
     init_like_conv2d,
     linear,
-    per_sample_conv2d,
+    omni_aggregated_conv2d,
 )
-from ._functional import aggregated_conv2d
 
 __all__ = ["ODConv2d"]
 
@@ -148,27 +149,12 @@ class ODConv2d(TemperatureMixin, DynamicConvBase):
     def forward(self, x: Tensor) -> Tensor:
         self._check_input(x)
         att = self.attentions(x)
-        b = x.shape[0]
-        k, o = self.num_kernels, self.out_channels
-        x = x * att["channel"].to(x.dtype)[:, :, None, None]
-        x, pad = self.geometry.pad_input(x)
-        kernel_att = att["kernel"]
+        channel, filt, kernel_att = att["channel"], att["filter"], att["kernel"]
+        b, o = x.shape[0], self.out_channels
         if kernel_att is None:
-            kernel_att = torch.ones(b, 1, dtype=att["channel"].dtype, device=x.device)
+            kernel_att = channel.new_ones(b, 1)
         pi = kernel_att.unsqueeze(-1)  # (B, K, 1)
-        pi = pi * att["filter"].unsqueeze(1) if att["filter"] is not None else pi.expand(-1, -1, o)
-        spatial = att["spatial"]
-        if spatial is None:
-            return aggregated_conv2d(x, pi, self.weight, self.bias, self.stride, pad,
-                                     self.dilation, self.groups)
-        weight = self.weight.to(pi.dtype)
-        kernels = torch.einsum("bko,kom->bom", pi, weight.reshape(k, o, -1))
-        kernels = kernels.view(b, o, -1, spatial.shape[1]) * spatial[:, None, None, :]
-        bias = None if self.bias is None else torch.einsum("bko,ko->bo", pi,
-                                                            self.bias.to(pi.dtype))
-        cdt = torch.get_autocast_dtype(x.device.type) if torch.is_autocast_enabled(
-            x.device.type) else x.dtype
-        return per_sample_conv2d(
-            x, kernels.view(b, o, *self.weight.shape[2:]).to(cdt),
-            None if bias is None else bias.to(cdt), self.stride, pad, self.dilation,
-            self.groups)
+        pi = pi * filt.unsqueeze(1) if filt is not None else pi.expand(-1, -1, o)
+        x, pad = self.geometry.pad_input(x)
+        return omni_aggregated_conv2d(x, pi, self.weight, self.bias, att["spatial"], channel,
+                                      self.stride, pad, self.dilation, self.groups)
