@@ -37,7 +37,8 @@ class CountedRow:
         p = self.paper
         if p.model is None:
             return "-"
-        extra = ", ".join(f"{k}={v!r}" for k, v in p.overrides.items())
+        extra = ", ".join(f"{k}={getattr(v, '__name__', None) or repr(v)}"
+                          for k, v in p.overrides.items())
         return p.model + (f" ({extra})" if extra else "")
 
 

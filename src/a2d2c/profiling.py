@@ -120,8 +120,6 @@ def count_madds(
     forms: list[str] = []
     hooks = []
     for m in model.modules():
-        if m is model:
-            continue
         if hasattr(m, "resolve_impl") or (hasattr(m, "num_kernels") and "Conv" in
                                           type(m).__name__):
             hooks.append(m.register_forward_pre_hook(
