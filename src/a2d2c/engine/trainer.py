@@ -170,7 +170,7 @@ def train_one_epoch(
         from tqdm import tqdm
 
         bar = tqdm(total=start_step + len(loader), initial=start_step, leave=False,
-                   desc=f"epoch {epoch + 1}", dynamic_ncols=True)
+                   desc=f"epoch {epoch + 1}", dynamic_ncols=True, disable=None)
     autocast = torch.autocast(device.type, dtype=amp_dtype or torch.float32,
                               enabled=amp_dtype is not None)
     for x, y in loader:
@@ -244,7 +244,7 @@ def evaluate(model: nn.Module, loader: torch.utils.data.DataLoader, *, device: t
     if progress:
         from tqdm import tqdm
 
-        it = tqdm(loader, leave=False, desc="eval", dynamic_ncols=True)
+        it = tqdm(loader, leave=False, desc="eval", dynamic_ncols=True, disable=None)
     autocast = torch.autocast(device.type, dtype=amp_dtype or torch.float32,
                               enabled=amp_dtype is not None)
     for x, y in it:
