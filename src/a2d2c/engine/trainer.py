@@ -483,7 +483,9 @@ def _fit(cfg: Config, ctx: DistContext, resume: str | os.PathLike | None, stop: 
         }
         last_epoch = epoch + 1 == t.epochs
         if (epoch + 1) % t.eval_every == 0 or last_epoch:
-            val = evaluate(train_model, val_loader, device=device, amp_dtype=amp_dtype,
+            # the plain model: DDP's forward is collective, and the shards of the
+            # validation set may hold different numbers of batches
+            val = evaluate(model, val_loader, device=device, amp_dtype=amp_dtype,
                            channels_last=t.channels_last, progress=t.progress and ctx.is_main)
             row.update(val_loss=val["loss"], val_top1=val["top1"], val_top5=val["top5"])
         is_best = "val_top1" in row and (best_top1 is None or row["val_top1"] > best_top1)
@@ -495,7 +497,9 @@ def _fit(cfg: Config, ctx: DistContext, resume: str | os.PathLike | None, stop: 
              f"{res.top1:.2f}% | " + (f"val loss {row['val_loss']:.4f} top-1 "
                                       f"{row['val_top1']:.2f}% top-5 {row['val_top5']:.2f}% | "
                                       if "val_top1" in row else "")
-             + f"lr {row['lr']:.4g} tau {row['temperature'] or 0:.3g} | {res.time_s:.1f}s")
+             + f"lr {row['lr']:.4g}"
+             + (f" tau {row['temperature']:.3g}" if row["temperature"] is not None else "")
+             + f" | {res.time_s:.1f}s")
         if writer is not None:
             writer.write(row)
         state = make_state(epoch + 1, 0, row, None)
@@ -505,6 +509,9 @@ def _fit(cfg: Config, ctx: DistContext, resume: str | os.PathLike | None, stop: 
         if res.stopped and not last_epoch:
             status = "interrupted"
             break
+    if start_epoch >= t.epochs:
+        _log(ctx, f"nothing to do: the checkpoint has finished {start_epoch} of "
+             f"train.epochs={t.epochs} epochs (raise --train.epochs to train on)")
     if status == "interrupted":
         _log(ctx, f"stopped by signal {stop.signum} after global step {global_step}: "
              f"checkpoint {out / 'last.pt'}; continue with: a2d2c train --resume "
