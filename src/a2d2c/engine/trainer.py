@@ -44,7 +44,14 @@ from .checkpoint import (
     unwrap_model,
 )
 from .config import Config, config_from_dict, config_to_dict, save_config, validate_config
-from .distributed import DistContext, all_reduce_sum, barrier, cleanup_distributed, init_distributed
+from .distributed import (
+    DistContext,
+    all_reduce_sum,
+    barrier,
+    broadcast_buffers,
+    cleanup_distributed,
+    init_distributed,
+)
 
 __all__ = [
     "EpochResult",
@@ -469,6 +476,7 @@ def _fit(cfg: Config, ctx: DistContext, resume: str | os.PathLike | None, stop: 
             clip_grad_norm=cfg.optim.clip_grad_norm, channels_last=t.channels_last,
             start_step=first, stats=carried, stop=stop, on_step=step_hook,
             progress=t.progress and ctx.is_main)
+        broadcast_buffers(model)
         if res.stopped and res.steps < steps_per_epoch:
             totals = [res.loss * res.samples, res.top1 / 100.0 * res.samples,
                       float(res.samples)]
