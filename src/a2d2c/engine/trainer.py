@@ -589,6 +589,9 @@ def evaluate_checkpoint(path: str | os.PathLike, overrides: dict[str, Any] | Non
         cfg = config_from_dict(_merge(config_to_dict(cfg), overrides))
     validate_config(cfg)
     ctx = init_distributed(cfg.train.device)
+    threads = torch.get_num_threads()
+    if cfg.train.threads:
+        torch.set_num_threads(cfg.train.threads)
     try:
         info = dataset_info(cfg.data)
         model = build_model(cfg, info.num_classes, info.in_chans)
@@ -603,6 +606,7 @@ def evaluate_checkpoint(path: str | os.PathLike, overrides: dict[str, Any] | Non
             model, loader, device=ctx.device, amp_dtype=AMP_DTYPES[cfg.train.amp],
             channels_last=cfg.train.channels_last, progress=cfg.train.progress and ctx.is_main)
     finally:
+        torch.set_num_threads(threads)
         cleanup_distributed(ctx)
     metrics["recorded_top1"] = (state.get("metrics") or {}).get("val_top1")
     metrics["model_name"] = cfg.model.name
