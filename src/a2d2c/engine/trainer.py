@@ -112,6 +112,15 @@ def handle_signals(stop: StopRequest) -> Iterator[StopRequest]:
             signal.signal(s, h)
 
 
+def _tqdm() -> Any:
+    """tqdm if installed (an optional extra), else None: no progress bar."""
+    try:
+        from tqdm import tqdm
+    except ImportError:
+        return None
+    return tqdm
+
+
 def _topk_correct(logits: torch.Tensor, target: torch.Tensor, ks: tuple[int, ...]
                   ) -> list[torch.Tensor]:
     maxk = min(max(ks), logits.shape[1])
@@ -173,9 +182,8 @@ def train_one_epoch(
     t0 = time.perf_counter()
     distributed = torch.distributed.is_available() and torch.distributed.is_initialized()
     bar = None
-    if progress:
-        from tqdm import tqdm
-
+    tqdm = _tqdm() if progress else None
+    if tqdm is not None:
         bar = tqdm(total=start_step + len(loader), initial=start_step, leave=False,
                    desc=f"epoch {epoch + 1}", dynamic_ncols=True, disable=None)
     autocast = torch.autocast(device.type, dtype=amp_dtype or torch.float32,
@@ -248,9 +256,8 @@ def evaluate(model: nn.Module, loader: torch.utils.data.DataLoader, *, device: t
     model.eval()
     sums = torch.zeros(4, dtype=torch.float64, device=device)  # loss, top1, top5, n
     it = loader
-    if progress:
-        from tqdm import tqdm
-
+    tqdm = _tqdm() if progress else None
+    if tqdm is not None:
         it = tqdm(loader, leave=False, desc="eval", dynamic_ncols=True, disable=None)
     autocast = torch.autocast(device.type, dtype=amp_dtype or torch.float32,
                               enabled=amp_dtype is not None)
