@@ -63,6 +63,7 @@ def test_recipe_overrides_and_base_includes(tmp_path):
     (["--model.kwargs.num_kernel", "4"], r"model.kwargs.num_kernel .*did you mean 'num_kernels'"),
     (["--model.kwargs.num_classes", "4"], r"comes from the dataset"),
     (["--train.amp", "fp8"], r"train.amp='fp8' is invalid"),
+    (["--model.sync_bn", "true", "--train.device", "cpu"], r"SyncBatchNorm runs on CUDA only"),
 ])
 def test_invalid_configs_fail_before_any_data(overrides, match, tmp_path):
     # the data root does not exist: validation must fail first, with its own message

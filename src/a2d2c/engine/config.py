@@ -409,6 +409,8 @@ def validate_config(cfg: Config, *, check_model: bool = True) -> None:
         _fail("train.device", dev, "use auto, cpu, cuda or cuda:N")
     if t.amp == "fp16" and resolve_device_type(dev) != "cuda":
         _fail("train.amp", "fp16", "fp16 mixed precision needs CUDA; use bf16 on CPU")
+    if cfg.model.sync_bn and resolve_device_type(dev) != "cuda":
+        _fail("model.sync_bn", True, "SyncBatchNorm runs on CUDA only (torch's limitation)")
     if check_model:
         _validate_model(cfg.model)
 
