@@ -310,3 +310,23 @@ def test_registry_sweep_forward_backward(name):
     with_grad = sum(p.numel() for p in model.parameters() if p.grad is not None)
     assert with_grad == n_params(model)
     assert all(torch.isfinite(p.grad).all() for p in model.parameters())
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+@pytest.mark.parametrize("name", ["resnet18_a2d2c", "resnet18_odconv", "resnet50_dcd",
+                                  "mobilenetv2_050_dynamicconv", "resnet18_condconv"])
+def test_cuda_matches_cpu(name, monkeypatch):
+    from a2d2c.profiling import count_madds
+
+    monkeypatch.setattr(torch.backends.cudnn, "allow_tf32", False)  # compare in true fp32
+    monkeypatch.setattr(torch.backends.cuda.matmul, "allow_tf32", False)
+    torch.manual_seed(0)
+    model, size = _small(name)
+    model.eval()
+    x = torch.randn(2, 3, size, size)
+    with torch.no_grad():
+        ref = model(x)
+        out = model.cuda()(x.cuda()).cpu()
+    torch.testing.assert_close(out, ref, rtol=1e-3, atol=1e-4)
+    cpu_madds = count_madds(model.cpu(), (3, size, size)).madds
+    assert count_madds(model.cuda(), (3, size, size)).madds == cpu_madds
