@@ -1,0 +1,82 @@
+"""Mask R-CNN + FPN (torchvision's ``MaskRCNN``) over a registry backbone."""
+
+from __future__ import annotations
+
+import inspect
+from collections.abc import Callable, Mapping
+from pathlib import Path
+from typing import Any
+
+from torch import nn
+from torchvision.models.detection import MaskRCNN
+
+from .backbone import backbone_with_fpn, create_backbone_body, load_classification_checkpoint
+
+__all__ = ["MASKRCNN_OPTIONS", "create_maskrcnn"]
+
+# MaskRCNN's own keyword arguments (thresholds, sampler sizes, ...) a config may set;
+# anything else is an error rather than being swallowed by MaskRCNN's **kwargs.
+MASKRCNN_OPTIONS: tuple[str, ...] = tuple(
+    p for p in inspect.signature(MaskRCNN.__init__).parameters
+    if p not in ("self", "backbone", "num_classes", "kwargs")
+    and not p.endswith(("_head", "_predictor", "_pool", "_generator"))
+)
+
+
+def create_maskrcnn(
+    backbone: str,
+    *,
+    num_classes: int,
+    pretrained: str | Path | None = None,
+    placement: str | Callable[[str], bool] | None = "auto",
+    num_kernels: int | None = None,
+    conv_kwargs: Mapping[str, Any] | None = None,
+    width_mult: float | None = None,
+    frozen_bn: bool = True,
+    trainable_layers: int = 3,
+    fpn_channels: int = 256,
+    min_size: int = 800,
+    max_size: int = 1333,
+    detector_kwargs: Mapping[str, Any] | None = None,
+) -> MaskRCNN:
+    """Mask R-CNN with FPN over the registry backbone ``backbone`` (the standard 1x recipe).
+
+    Args:
+        backbone: registry name, e.g. one of :data:`a2d2c.detection.TABLE7_BACKBONES`.
+        num_classes: object classes *including* background (COCO: 81).
+        pretrained: classification checkpoint of the same backbone to initialise from
+            (:func:`load_classification_checkpoint`); ``None`` starts from scratch.
+        placement, num_kernels, conv_kwargs, width_mult, frozen_bn: see
+            :func:`create_backbone_body`.
+        trainable_layers: stages trained, counted from the last (3: layer2–4, the 1x recipe).
+        fpn_channels: FPN width (256 in the paper's setting).
+        min_size, max_size: test/train resize of :class:`GeneralizedRCNNTransform`
+            (800/1333 for COCO).
+        detector_kwargs: further ``MaskRCNN`` options by name (:data:`MASKRCNN_OPTIONS`,
+            e.g. ``rpn_batch_size_per_image``); unknown names raise ``ValueError``.
+
+    With ``frozen_bn`` (the default) all norms of the backbone are frozen
+    (``FrozenBatchNorm2d``); the FPN and heads have no BatchNorm, so every part trains
+    with one image per GPU. ``frozen_bn=False`` keeps trainable BatchNorm, for training
+    from scratch (frozen identity statistics would leave a deep network unnormalised).
+    """
+    if isinstance(num_classes, bool) or not isinstance(num_classes, int) or num_classes < 2:
+        raise ValueError(f"num_classes must be an int >= 2 (background included), got "
+                         f"{num_classes!r}")
+    extra = dict(detector_kwargs or {})
+    unknown = sorted(set(extra) - set(MASKRCNN_OPTIONS))
+    if unknown:
+        raise ValueError(f"unknown detector_kwargs {unknown}; allowed: {list(MASKRCNN_OPTIONS)}")
+    body = create_backbone_body(backbone, placement=placement, num_kernels=num_kernels,
+                                conv_kwargs=conv_kwargs, width_mult=width_mult,
+                                frozen_bn=frozen_bn)
+    if pretrained is not None:
+        load_classification_checkpoint(body, pretrained, backbone=f"backbone {backbone!r}")
+    fpn = backbone_with_fpn(body, trainable_layers=trainable_layers, out_channels=fpn_channels)
+    model = MaskRCNN(fpn, num_classes=num_classes, min_size=min_size, max_size=max_size, **extra)
+    return model
+
+
+def backbone_body(model: nn.Module) -> nn.Module:
+    """The classification network inside a detector built by :func:`create_maskrcnn`."""
+    return model.backbone.body
