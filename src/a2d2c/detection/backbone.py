@@ -115,6 +115,7 @@ def create_backbone_body(
     num_kernels: int | None = None,
     conv_kwargs: Mapping[str, Any] | None = None,
     width_mult: float | None = None,
+    variant: str | None = None,
     frozen_bn: bool = True,
 ) -> nn.Module:
     """The registry's classification network ``name``, ready to become a detection body.
@@ -124,7 +125,8 @@ def create_backbone_body(
         placement: ``"auto"`` (:func:`default_placement`), ``None`` (the registry's
             default for ``name``), a name of :data:`DETECTION_PLACEMENTS` or of the
             registry (SPEC §3), or a predicate on the qualified conv name.
-        num_kernels, conv_kwargs, width_mult: registry overrides, passed only when set.
+        num_kernels, conv_kwargs, width_mult, variant: registry overrides, passed only
+            when set.
         frozen_bn: build every norm as ``FrozenBatchNorm2d`` (the 1x recipe; it also makes
             training with 1–2 images per GPU well defined). Any BatchNorm a dynamic layer
             carries inside its attention is frozen as well (:func:`freeze_batchnorm`).
@@ -145,6 +147,8 @@ def create_backbone_body(
         overrides["conv_kwargs"] = dict(conv_kwargs)
     if width_mult is not None:
         overrides["width_mult"] = width_mult
+    if variant is not None:
+        overrides["variant"] = variant
     if frozen_bn:
         overrides["norm_layer"] = FrozenBatchNorm2d
     model = _create_model(name, **overrides)

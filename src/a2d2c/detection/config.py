@@ -37,6 +37,8 @@ class ModelConfig:
     num_kernels: int | None = None
     conv_kwargs: dict[str, Any] = field(default_factory=dict)
     width_mult: float | None = None
+    #: ResNet-50 "v1" (stride on the first 1×1) or "v1.5" (on the 3×3); null = registry default
+    variant: str | None = None
     #: "frozen" (FrozenBatchNorm2d, the 1x recipe) or "batchnorm" (trainable, for runs
     #: from scratch such as the synthetic-shapes config)
     norm: str = "frozen"
@@ -47,6 +49,9 @@ class ModelConfig:
     #: classification checkpoint of the same backbone (engine format, state_dict or
     #: .safetensors), or null to start from scratch
     pretrained: str | None = None
+    #: anchor size per FPN level P2..P6 (null: torchvision's 32, 64, 128, 256, 512), each
+    #: with aspect ratios 0.5, 1, 2
+    anchor_sizes: list[int] | None = None
     #: further torchvision MaskRCNN options by name (a2d2c.detection.MASKRCNN_OPTIONS)
     detector_kwargs: dict[str, Any] = field(default_factory=dict)
     #: set from the dataset (classes + background); never set by hand

@@ -106,8 +106,9 @@ def build_detector(config: DetectionConfig, *, num_classes: int,
         m.backbone, num_classes=num_classes,
         pretrained=m.pretrained if load_pretrained else None, placement=m.placement,
         num_kernels=m.num_kernels, conv_kwargs=m.conv_kwargs, width_mult=m.width_mult,
-        frozen_bn=m.norm == "frozen", trainable_layers=m.trainable_layers,
+        variant=m.variant, frozen_bn=m.norm == "frozen", trainable_layers=m.trainable_layers,
         fpn_channels=m.fpn_channels, min_size=m.min_size, max_size=m.max_size,
+        anchor_sizes=tuple(m.anchor_sizes) if m.anchor_sizes else None,
         detector_kwargs=m.detector_kwargs,
     )
 

@@ -9,6 +9,7 @@ from typing import Any
 
 from torch import nn
 from torchvision.models.detection import MaskRCNN
+from torchvision.models.detection.anchor_utils import AnchorGenerator
 
 from .backbone import backbone_with_fpn, create_backbone_body, load_classification_checkpoint
 
@@ -32,11 +33,13 @@ def create_maskrcnn(
     num_kernels: int | None = None,
     conv_kwargs: Mapping[str, Any] | None = None,
     width_mult: float | None = None,
+    variant: str | None = None,
     frozen_bn: bool = True,
     trainable_layers: int = 3,
     fpn_channels: int = 256,
     min_size: int = 800,
     max_size: int = 1333,
+    anchor_sizes: tuple[int, ...] | None = None,
     detector_kwargs: Mapping[str, Any] | None = None,
 ) -> MaskRCNN:
     """Mask R-CNN with FPN over the registry backbone ``backbone`` (the standard 1x recipe).
@@ -46,12 +49,14 @@ def create_maskrcnn(
         num_classes: object classes *including* background (COCO: 81).
         pretrained: classification checkpoint of the same backbone to initialise from
             (:func:`load_classification_checkpoint`); ``None`` starts from scratch.
-        placement, num_kernels, conv_kwargs, width_mult, frozen_bn: see
+        placement, num_kernels, conv_kwargs, width_mult, variant, frozen_bn: see
             :func:`create_backbone_body`.
         trainable_layers: stages trained, counted from the last (3: layer2–4, the 1x recipe).
         fpn_channels: FPN width (256 in the paper's setting).
         min_size, max_size: test/train resize of :class:`GeneralizedRCNNTransform`
             (800/1333 for COCO).
+        anchor_sizes: one anchor size per FPN level (P2–P6), aspect ratios 0.5, 1, 2;
+            ``None`` keeps torchvision's (32, 64, 128, 256, 512).
         detector_kwargs: further ``MaskRCNN`` options by name (:data:`MASKRCNN_OPTIONS`,
             e.g. ``rpn_batch_size_per_image``); unknown names raise ``ValueError``.
 
@@ -69,10 +74,15 @@ def create_maskrcnn(
         raise ValueError(f"unknown detector_kwargs {unknown}; allowed: {list(MASKRCNN_OPTIONS)}")
     body = create_backbone_body(backbone, placement=placement, num_kernels=num_kernels,
                                 conv_kwargs=conv_kwargs, width_mult=width_mult,
-                                frozen_bn=frozen_bn)
+                                variant=variant, frozen_bn=frozen_bn)
     if pretrained is not None:
         load_classification_checkpoint(body, pretrained, backbone=f"backbone {backbone!r}")
     fpn = backbone_with_fpn(body, trainable_layers=trainable_layers, out_channels=fpn_channels)
+    if anchor_sizes is not None:
+        if len(anchor_sizes) != 5 or any(int(s) < 1 for s in anchor_sizes):
+            raise ValueError(f"anchor_sizes must be 5 positive sizes (P2-P6), got {anchor_sizes!r}")
+        extra["rpn_anchor_generator"] = AnchorGenerator(
+            tuple((int(s),) for s in anchor_sizes), ((0.5, 1.0, 2.0),) * 5)
     model = MaskRCNN(fpn, num_classes=num_classes, min_size=min_size, max_size=max_size, **extra)
     return model
 

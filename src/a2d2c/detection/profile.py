@@ -1,0 +1,130 @@
+"""Parameters and MAdds of a detector, Table 7's columns: whole detector and backbone.
+
+The backbone figure ("pre-trained backbone models excluding the last fully connected
+layer") is the registry network's stem and four stages (``model.backbone.body``), the
+detector figure everything (backbone, FPN, RPN, box and mask heads).
+
+MAdds are counted for the path actually executed (SPEC §4): one eval-mode forward pass
+under :class:`torch.utils.flop_counter.FlopCounterMode`, which counts convolutions
+(grouped and transposed included) and matrix products — so a dynamic layer costs what
+its selected implementation runs (the kernel form: one convolution plus attention and
+kernel aggregation; the plus form: K convolutions). RoIAlign, NMS and element-wise
+operations are not counted, as in the usual MAdds convention. The input is resized and
+padded by the detector's own transform first (a 800×1280 image stays 800×1280 under the
+COCO settings, the size mmdetection reports FLOPs at). The heads are counted for a fixed
+workload so that the figure does not depend on the (random) weights: ``proposals``
+RoIs through the box head (RPN and box NMS disabled for the count) and ``detections``
+RoIs through the mask head.
+"""
+
+from __future__ import annotations
+
+from contextlib import contextmanager
+from dataclasses import asdict, dataclass
+from typing import Any
+
+import torch
+from torch import nn
+from torch.utils.flop_counter import FlopCounterMode
+from torchvision.models.detection import MaskRCNN
+from torchvision.ops import FrozenBatchNorm2d
+
+__all__ = ["DetectorCost", "count_detector"]
+
+
+@dataclass
+class DetectorCost:
+    """Parameters and multiply-adds, whole detector and backbone (body without classifier)."""
+
+    params: int
+    madds: int
+    backbone_params: int
+    backbone_madds: int
+    image_size: tuple[int, int]
+    proposals: int
+    detections: int
+
+    def as_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    def __str__(self) -> str:
+        h, w = self.image_size
+        return (f"params {self.params / 1e6:.2f}M ({self.backbone_params / 1e6:.2f}M)  "
+                f"MAdds {self.madds / 1e9:.2f}G ({self.backbone_madds / 1e9:.2f}G)  "
+                f"[detector (backbone); {h}x{w} input, {self.proposals} proposals, "
+                f"{self.detections} masks]")
+
+
+def _num_params(module: nn.Module) -> int:
+    """Parameters, counting a frozen norm's scale and shift (buffers there) as parameters."""
+    frozen = sum(m.weight.numel() + m.bias.numel() for m in module.modules()
+                 if isinstance(m, FrozenBatchNorm2d))
+    return sum(p.numel() for p in module.parameters()) + frozen
+
+
+def _madds(fn: Any, *args: Any) -> int:
+    counter = FlopCounterMode(display=False)
+    with counter, torch.no_grad():
+        fn(*args)
+    return counter.get_total_flops() // 2
+
+
+@contextmanager
+def _fixed_workload(model: MaskRCNN, detections: int):
+    rpn, roi = model.rpn, model.roi_heads
+    saved = (rpn.nms_thresh, rpn.score_thresh, roi.score_thresh, roi.nms_thresh,
+             roi.detections_per_img)
+    rpn.nms_thresh, rpn.score_thresh = 1.0, 0.0
+    roi.score_thresh, roi.nms_thresh, roi.detections_per_img = -1.0, 1.0, detections
+    try:
+        yield
+    finally:
+        (rpn.nms_thresh, rpn.score_thresh, roi.score_thresh, roi.nms_thresh,
+         roi.detections_per_img) = saved
+
+
+def count_detector(model: MaskRCNN, *, image_size: tuple[int, int] = (800, 1280),
+                   detections: int = 100) -> DetectorCost:
+    """Count ``model``'s parameters and MAdds for one ``image_size`` (H, W) image.
+
+    ``model`` is a torchvision ``MaskRCNN`` (e.g. from :func:`create_maskrcnn`); it is
+    run once in eval mode on zeros and restored to its previous mode.
+    """
+    if not isinstance(model, MaskRCNN):
+        raise TypeError(f"model must be a torchvision MaskRCNN, got {type(model).__name__}")
+    h, w = image_size
+    if h < 32 or w < 32:
+        raise ValueError(f"image_size must be at least 32x32, got {image_size}")
+    param = next(model.parameters())
+    body: nn.Module = model.backbone.body
+    was_training = model.training
+    model.eval()
+    rois: dict[str, int] = {}
+
+    def _count(name: str):
+        def hook(_module: nn.Module, args: tuple[Any, ...], output: Any) -> None:
+            rois[name] = int(output.shape[0])
+        return hook
+
+    handles = [model.roi_heads.box_roi_pool.register_forward_hook(_count("box")),
+               model.roi_heads.mask_roi_pool.register_forward_hook(_count("mask"))]
+    try:
+        image = torch.zeros(3, h, w, device=param.device, dtype=param.dtype)
+        with torch.no_grad():
+            batch, _ = model.transform([image])
+        madds_backbone = _madds(body, batch.tensors)
+        with _fixed_workload(model, detections):
+            madds = _madds(model, [image])
+    finally:
+        for handle in handles:
+            handle.remove()
+        model.train(was_training)
+    return DetectorCost(
+        params=_num_params(model),
+        madds=madds,
+        backbone_params=_num_params(body),
+        backbone_madds=madds_backbone,
+        image_size=(int(batch.tensors.shape[-2]), int(batch.tensors.shape[-1])),
+        proposals=rois.get("box", 0),
+        detections=rois.get("mask", 0),
+    )
