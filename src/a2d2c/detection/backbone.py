@@ -80,32 +80,10 @@ def default_placement(backbone: str) -> str | None:
 
 
 def _create_model(name: str, **kwargs: Any) -> nn.Module:
-    """The one door to the model registry (kept separate so that it is easy to find)."""
-    try:
-        from ..models import create_model
-    except ImportError:  # TEMPORARY stand-in until the registry (branch `models`) is merged
-        return _standin_create_model(name, **kwargs)
+    """The one door to the model registry: detection never builds a backbone itself."""
+    from ..models import create_model
+
     return create_model(name, **kwargs)
-
-
-def _standin_create_model(name: str, *, placement: Any = None, num_kernels: int | None = None,
-                          conv_kwargs: Any = None, width_mult: float | None = None,
-                          norm_layer: Any = None) -> nn.Module:  # TEMPORARY
-    import torchvision
-
-    from ..convert import convert
-
-    arch, _, conv = name.partition("_")
-    if arch not in ("resnet18", "resnet50") or conv not in ("", "a2d2c", "a2d2c_plus"):
-        raise ValueError(f"stand-in registry: unknown model {name!r}")
-    if width_mult is not None:
-        raise ValueError("stand-in registry: width_mult is not supported")
-    model = getattr(torchvision.models, arch)(norm_layer=norm_layer)
-    if conv:
-        pred = placement if callable(placement) else (lambda n: "layer" in n and "conv2" in n)
-        convert(model, lambda n, c: pred(n), num_kernels=num_kernels or 4,
-                impl="plus" if conv == "a2d2c_plus" else "kernel", **(conv_kwargs or {}))
-    return model
 
 
 def create_backbone_body(

@@ -49,6 +49,10 @@ class ModelConfig:
     #: classification checkpoint of the same backbone (engine format, state_dict or
     #: .safetensors), or null to start from scratch
     pretrained: str | None = None
+    #: hidden width of the box head's two FC layers (torchvision/mmdetection: 1024)
+    box_head_dim: int = 1024
+    #: channels of the mask head's four 3×3 convs and its deconv (256)
+    mask_head_dim: int = 256
     #: anchor size per FPN level P2..P6 (null: torchvision's 32, 64, 128, 256, 512), each
     #: with aspect ratios 0.5, 1, 2
     anchor_sizes: list[int] | None = None

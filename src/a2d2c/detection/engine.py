@@ -109,6 +109,7 @@ def build_detector(config: DetectionConfig, *, num_classes: int,
         variant=m.variant, frozen_bn=m.norm == "frozen", trainable_layers=m.trainable_layers,
         fpn_channels=m.fpn_channels, min_size=m.min_size, max_size=m.max_size,
         anchor_sizes=tuple(m.anchor_sizes) if m.anchor_sizes else None,
+        box_head_dim=m.box_head_dim, mask_head_dim=m.mask_head_dim,
         detector_kwargs=m.detector_kwargs,
     )
 
@@ -158,7 +159,7 @@ def train_one_epoch(
         if not math.isfinite(loss.item()):
             raise FloatingPointError(
                 f"loss is {loss.item()} at epoch {epoch + 1} iteration {i}: "
-                f"{ {k: float(v) for k, v in losses.items()} }")
+                f"{ {k: float(v.detach()) for k, v in losses.items()} }")
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         if clip_grad_norm:
@@ -176,7 +177,7 @@ def train_one_epoch(
             tau = get_temperature(model)
             tau_s = f" tau {tau:.2f}" if tau is not None else ""
             parts = " ".join(f"{k} {v:.3f}" for k, v in losses.items())
-            log(f"epoch {epoch + 1} [{i + 1}/{total}] loss {float(loss):.3f} ({parts}) "
+            log(f"epoch {epoch + 1} [{i + 1}/{total}] loss {float(loss.detach()):.3f} ({parts}) "
                 f"lr {optimizer.param_groups[0]['lr']:.5f}{tau_s} "
                 f"{(time.perf_counter() - start) / (i + 1):.3f}s/it")
     return {k: v / max(count, 1) for k, v in sums.items()}

@@ -10,6 +10,8 @@ from typing import Any
 from torch import nn
 from torchvision.models.detection import MaskRCNN
 from torchvision.models.detection.anchor_utils import AnchorGenerator
+from torchvision.models.detection.faster_rcnn import FastRCNNPredictor, TwoMLPHead
+from torchvision.models.detection.mask_rcnn import MaskRCNNHeads, MaskRCNNPredictor
 
 from .backbone import backbone_with_fpn, create_backbone_body, load_classification_checkpoint
 
@@ -40,6 +42,8 @@ def create_maskrcnn(
     min_size: int = 800,
     max_size: int = 1333,
     anchor_sizes: tuple[int, ...] | None = None,
+    box_head_dim: int = 1024,
+    mask_head_dim: int = 256,
     detector_kwargs: Mapping[str, Any] | None = None,
 ) -> MaskRCNN:
     """Mask R-CNN with FPN over the registry backbone ``backbone`` (the standard 1x recipe).
@@ -57,6 +61,8 @@ def create_maskrcnn(
             (800/1333 for COCO).
         anchor_sizes: one anchor size per FPN level (P2–P6), aspect ratios 0.5, 1, 2;
             ``None`` keeps torchvision's (32, 64, 128, 256, 512).
+        box_head_dim, mask_head_dim: widths of the box head (two FC layers) and of the
+            mask head (four 3×3 convs + deconv); 1024 and 256 are the standard heads.
         detector_kwargs: further ``MaskRCNN`` options by name (:data:`MASKRCNN_OPTIONS`,
             e.g. ``rpn_batch_size_per_image``); unknown names raise ``ValueError``.
 
@@ -83,7 +89,19 @@ def create_maskrcnn(
             raise ValueError(f"anchor_sizes must be 5 positive sizes (P2-P6), got {anchor_sizes!r}")
         extra["rpn_anchor_generator"] = AnchorGenerator(
             tuple((int(s),) for s in anchor_sizes), ((0.5, 1.0, 2.0),) * 5)
-    model = MaskRCNN(fpn, num_classes=num_classes, min_size=min_size, max_size=max_size, **extra)
+    for name, dim in (("box_head_dim", box_head_dim), ("mask_head_dim", mask_head_dim)):
+        if isinstance(dim, bool) or not isinstance(dim, int) or dim < 1:
+            raise ValueError(f"{name} must be an int >= 1, got {dim!r}")
+    # The heads torchvision builds by default, with their widths as arguments.
+    resolution = 7  # the box RoIAlign output size
+    model = MaskRCNN(
+        fpn, num_classes=None, min_size=min_size, max_size=max_size,
+        box_head=TwoMLPHead(fpn_channels * resolution**2, box_head_dim),
+        box_predictor=FastRCNNPredictor(box_head_dim, num_classes),
+        mask_head=MaskRCNNHeads(fpn_channels, (mask_head_dim,) * 4, 1),
+        mask_predictor=MaskRCNNPredictor(mask_head_dim, mask_head_dim, num_classes),
+        **extra,
+    )
     return model
 
 

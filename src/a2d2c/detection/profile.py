@@ -29,7 +29,7 @@ from torch.utils.flop_counter import FlopCounterMode
 from torchvision.models.detection import MaskRCNN
 from torchvision.ops import FrozenBatchNorm2d
 
-__all__ = ["DetectorCost", "count_detector"]
+__all__ = ["DetectorCost", "count_detector", "detector_params"]
 
 
 @dataclass
@@ -60,6 +60,11 @@ def _num_params(module: nn.Module) -> int:
     frozen = sum(m.weight.numel() + m.bias.numel() for m in module.modules()
                  if isinstance(m, FrozenBatchNorm2d))
     return sum(p.numel() for p in module.parameters()) + frozen
+
+
+def detector_params(model: MaskRCNN) -> tuple[int, int]:
+    """``(whole detector, backbone body)`` parameter counts, Table 7's Params column."""
+    return _num_params(model), _num_params(model.backbone.body)
 
 
 def _madds(fn: Any, *args: Any) -> int:
@@ -119,10 +124,11 @@ def count_detector(model: MaskRCNN, *, image_size: tuple[int, int] = (800, 1280)
         for handle in handles:
             handle.remove()
         model.train(was_training)
+    params, backbone_params = detector_params(model)
     return DetectorCost(
-        params=_num_params(model),
+        params=params,
         madds=madds,
-        backbone_params=_num_params(body),
+        backbone_params=backbone_params,
         backbone_madds=madds_backbone,
         image_size=(int(batch.tensors.shape[-2]), int(batch.tensors.shape[-1])),
         proposals=rois.get("box", 0),
