@@ -18,6 +18,7 @@ __all__ = ["COMMANDS", "main"]
 COMMANDS: dict[str, tuple[str, str]] = {
     "demo": ("a2d2c.cli.demo", "run the layer on random data and print what it computed"),
     "detect": ("a2d2c.cli.detect", "Mask R-CNN + FPN on COCO: train, eval, profile, make-shapes"),
+    "profile": ("a2d2c.cli.profile", "parameters and MAdds of a model, or of the paper's tables"),
 }
 
 

@@ -1,0 +1,150 @@
+"""Build every row of the paper's Tables 1–13 that this project can, and count it.
+
+``a2d2c profile --paper`` prints :func:`render_text` of :func:`paper_rows`;
+``docs/PAPER_COUNTS.md`` is :func:`render_markdown` of the same rows.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import IO, Any
+
+import torch
+
+from .paper_figures import PAPER_ROWS, PaperRow
+from .profiling import count_madds, count_params
+
+__all__ = ["CountedRow", "build_row", "paper_rows", "render_markdown", "render_text"]
+
+_SETTINGS = {
+    # dataset: (num_classes, stem, input size)
+    "ImageNet": (1000, None, (3, 224, 224)),
+    "CIFAR-100": (100, "cifar", (3, 32, 32)),
+    "COCO": (0, None, (3, 224, 224)),
+}
+
+
+@dataclass
+class CountedRow:
+    paper: PaperRow
+    params: int | None = None
+    madds: int | None = None
+    counted: str = ""
+    kernel_form_madds: int | None = None
+
+    @property
+    def built_as(self) -> str:
+        p = self.paper
+        if p.model is None:
+            return "-"
+        extra = ", ".join(f"{k}={getattr(v, '__name__', None) or repr(v)}"
+                          for k, v in p.overrides.items())
+        return p.model + (f" ({extra})" if extra else "")
+
+
+def build_row(row: PaperRow) -> torch.nn.Module:
+    """The model of a paper row, in the row's dataset setting."""
+    import a2d2c
+
+    if row.model is None:
+        raise ValueError(f"table {row.table} row {row.row!r} is not buildable here")
+    num_classes, stem, _ = _SETTINGS[row.dataset]
+    kwargs: dict[str, Any] = dict(row.overrides)
+    if stem is not None:
+        kwargs["stem"] = stem
+    return a2d2c.create_model(row.model, num_classes=num_classes, **kwargs)
+
+
+def _count(row: PaperRow, madds: bool) -> CountedRow:
+    out = CountedRow(row)
+    if row.model is None:
+        return out
+    torch.manual_seed(0)
+    model = build_row(row)
+    out.params = count_params(model)
+    if madds and row.dataset != "COCO":
+        report = count_madds(model, _SETTINGS[row.dataset][2])
+        out.madds, out.counted = report.madds, report.summary()
+        if "impl=plus" in out.counted:
+            # What the same network costs when its layers run the kernel form.
+            alt = dict(row.overrides, conv="a2d2c")
+            kernel = CountedRow(PaperRow(row.table, row.row, row.dataset, None, None, row.model,
+                                         alt))
+            model = build_row(kernel.paper)
+            out.kernel_form_madds = count_madds(model, _SETTINGS[row.dataset][2]).madds
+    return out
+
+
+def paper_rows(tables: list[int] | None = None, madds: bool = True,
+               progress: IO[str] | None = None) -> list[CountedRow]:
+    """Count every buildable row (of ``tables``, default all)."""
+    rows = [r for r in PAPER_ROWS if tables is None or r.table in tables]
+    out = []
+    for i, row in enumerate(rows, 1):
+        if progress is not None:
+            print(f"[{i}/{len(rows)}] table {row.table}: {row.row}", file=progress, flush=True)
+        out.append(_count(row, madds))
+    return out
+
+
+def _pct(ours: float | None, paper: float | None) -> str:
+    if ours is None or paper is None:
+        return ""
+    return f"{round(100 * (ours - paper) / paper, 1) + 0.0:+.1f}%"
+
+
+def _cells(r: CountedRow) -> list[str]:
+    p = r.paper
+    params = "" if r.params is None else f"{r.params / 1e6:.2f}M"
+    if r.madds is None:
+        madds = ""
+    elif r.madds < 1e9:
+        madds = f"{r.madds / 1e6:.1f}M"
+    else:
+        madds = f"{r.madds / 1e9:.3f}G"
+    paper_madds = "" if p.madds_g is None else (
+        f"{p.madds_g * 1e3:.1f}M" if p.madds_g < 1 else f"{p.madds_g:.3f}G")
+    note = p.note
+    if r.kernel_form_madds is not None:
+        note = (note + "; " if note else "") + (
+            f"kernel form: {r.kernel_form_madds / 1e9:.3f}G" if r.kernel_form_madds >= 1e9
+            else f"kernel form: {r.kernel_form_madds / 1e6:.1f}M")
+    return [str(p.table), p.row, p.dataset, r.built_as,
+            "" if p.params_m is None else f"{p.params_m:.2f}M", params,
+            _pct(None if r.params is None else r.params / 1e6, p.params_m),
+            paper_madds, madds,
+            _pct(None if r.madds is None else r.madds / 1e9, p.madds_g), r.counted, note]
+
+
+_HEADER = ["Table", "Row", "Data", "Built as", "Params (paper)", "Params (ours)", "Δ",
+           "MAdds (paper)", "MAdds (ours)", "Δ", "Counted", "Note"]
+
+
+def render_text(rows: list[CountedRow]) -> str:
+    cells = [_HEADER] + [_cells(r) for r in rows]
+    keep = [0, 1, 2, 4, 5, 6, 7, 8, 9]
+    widths = [max(len(c[i]) for c in cells) for i in keep]
+    lines = ["  ".join(c[i].ljust(w) for i, w in zip(keep, widths, strict=True)).rstrip()
+             for c in cells]
+    return "\n".join(lines)
+
+
+def render_markdown(rows: list[CountedRow]) -> str:
+    lines = [
+        "# Parameter and MAdds counts of the paper's tables",
+        "",
+        "Generated by `a2d2c profile --paper --markdown docs/PAPER_COUNTS.md` (do not edit "
+        "by hand). Every row of the paper's Tables 1-13 that this project can build, "
+        "counted by `a2d2c.profiling`: parameters of the whole model, MAdds of one "
+        "eval-mode forward pass at batch size 1 (convolutions + matrix products + "
+        "kernel aggregation; see the README, \"Models and counting\"). ImageNet rows: "
+        "1000 classes at 224x224; CIFAR-100 rows: 100 classes, CIFAR stem, 32x32; "
+        "COCO rows: the backbone without its classifier (the paper's bracketed figure). "
+        "ResNet-50 rows are variant v1 (stride on the first 1x1; the paper's 3.858G).",
+        "",
+        "| " + " | ".join(_HEADER) + " |",
+        "|" + "|".join("---" for _ in _HEADER) + "|",
+    ]
+    for r in rows:
+        lines.append("| " + " | ".join(c.replace("|", "\\|") for c in _cells(r)) + " |")
+    return "\n".join(lines) + "\n"
