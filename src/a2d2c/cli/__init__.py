@@ -19,6 +19,9 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "demo": ("a2d2c.cli.demo", "run the layer on random data and print what it computed"),
     "detect": ("a2d2c.cli.detect", "Mask R-CNN + FPN on COCO: train, eval, profile, make-shapes"),
     "profile": ("a2d2c.cli.profile", "parameters and MAdds of a model, or of the paper's tables"),
+    "train": ("a2d2c.cli.train", "train a registered model with a YAML recipe (no arguments: "
+              "the offline Fashion-MNIST default)"),
+    "eval": ("a2d2c.cli.eval", "evaluate a checkpoint on its dataset's validation split"),
 }
 
 
@@ -45,7 +48,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     module = importlib.import_module(COMMANDS[name][0])
     cmd_parser = argparse.ArgumentParser(prog=f"a2d2c {name}", description=COMMANDS[name][1])
     module.add_arguments(cmd_parser)
-    return int(module.main(cmd_parser.parse_args(rest)) or 0)
+    if getattr(module, "ACCEPTS_OVERRIDES", False):
+        # `--section.key value` pairs the command's parser does not know become overrides
+        args, extra = cmd_parser.parse_known_args(rest)
+        args.overrides = extra
+    else:
+        args = cmd_parser.parse_args(rest)
+    return int(module.main(args) or 0)
 
 
 if __name__ == "__main__":
