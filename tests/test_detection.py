@@ -220,7 +220,10 @@ def test_checkpoint_of_another_architecture_is_a_clear_error(tmp_path: Path) -> 
     torch.save({"model": static.state_dict()}, path)
     body = create_backbone_body("resnet18_a2d2c_plus", width_mult=0.25)
     with pytest.raises(ValueError, match=r"shape mismatch.*layer2\.0\.conv2\.weight"):
-        load_classification_checkpoint(body, path, backbone="resnet18_a2d2c_plus")
+        load_classification_checkpoint(body, path)
+    torch.save({"model": static.state_dict(), "model_name": "resnet18"}, path)
+    with pytest.raises(ValueError, match="holds weights of model 'resnet18'"):
+        load_classification_checkpoint(body, path, model_name="resnet18_a2d2c_plus")
     torch.save({"model": {"conv1.weight": torch.zeros(1)}}, path)
     with pytest.raises(ValueError, match="missing"):
         load_classification_checkpoint(body, path)

@@ -77,14 +77,16 @@ def _train(args: argparse.Namespace) -> int:
 
 
 def _eval(args: argparse.Namespace) -> int:
+    import torch.distributed
+
     from ..detection import load_config, run_eval
-    from ..detection._dist import is_main_process
+    from ..engine.distributed import is_distributed
 
     config = load_config(args.config) if args.config else None
     stats = run_eval(args.checkpoint, config=config, data_root=args.data_root, split=args.split,
                      device=args.device, batch_size=args.batch_size, workers=args.workers,
                      amp=args.amp)
-    if args.json and is_main_process():
+    if args.json and (not is_distributed() or torch.distributed.get_rank() == 0):
         with open(args.json, "w") as f:
             json.dump(stats, f, indent=2)
     return 0

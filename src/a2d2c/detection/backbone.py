@@ -242,26 +242,25 @@ def backbone_with_fpn(
 _PREFIXES = ("module.", "_orig_mod.")
 
 
-def read_state_dict(path: str | Path) -> dict[str, Tensor]:
-    """Read the model weights of a checkpoint file.
-
-    Accepts the training engine's format (a dict whose ``"model"`` entry is the
-    state_dict; ``"state_dict"`` is accepted too), a plain state_dict saved with
-    ``torch.save``, and ``.safetensors`` files. ``module.`` (DDP) and ``_orig_mod.``
-    (``torch.compile``) prefixes are removed.
-    """
+def _read_checkpoint(path: str | Path) -> tuple[dict[str, Tensor], dict[str, Any]]:
+    """``(state_dict, metadata)`` of a checkpoint file (metadata: the non-weight entries)."""
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"checkpoint {str(path)!r} does not exist")
+    meta: dict[str, Any] = {}
     if path.suffix == ".safetensors":
+        from safetensors import safe_open
         from safetensors.torch import load_file
 
         obj: Any = load_file(str(path), device="cpu")
+        with safe_open(str(path), framework="pt") as f:
+            meta = dict(f.metadata() or {})
     else:
         obj = torch.load(path, map_location="cpu", weights_only=True)
     if isinstance(obj, Mapping):
         for key in ("model", "state_dict"):
             if key in obj and isinstance(obj[key], Mapping):
+                meta = {k: v for k, v in obj.items() if k != key}
                 obj = obj[key]
                 break
     if not isinstance(obj, Mapping) or not all(isinstance(v, Tensor) for v in obj.values()):
@@ -275,7 +274,18 @@ def read_state_dict(path: str | Path) -> dict[str, Tensor]:
             while key.startswith(prefix):
                 key = key[len(prefix):]
         state[key] = value
-    return state
+    return state, meta
+
+
+def read_state_dict(path: str | Path) -> dict[str, Tensor]:
+    """Read the model weights of a checkpoint file.
+
+    Accepts the training engine's format (a dict whose ``"model"`` entry is the
+    state_dict; ``"state_dict"`` is accepted too), a plain state_dict saved with
+    ``torch.save``, and ``.safetensors`` files. ``module.`` (DDP) and ``_orig_mod.``
+    (``torch.compile``) prefixes are removed.
+    """
+    return _read_checkpoint(path)[0]
 
 
 def _examples(items: list[str], n: int = 5) -> str:
@@ -284,7 +294,7 @@ def _examples(items: list[str], n: int = 5) -> str:
 
 
 def load_classification_checkpoint(
-    body: nn.Module, path: str | Path, *, backbone: str = "the backbone",
+    body: nn.Module, path: str | Path, *, model_name: str | None = None,
     classifier: str = "fc",
 ) -> dict[str, list[str]]:
     """Initialise ``body`` (a registry classification network) from a classification checkpoint.
@@ -298,9 +308,18 @@ def load_classification_checkpoint(
     Temperature buffers are loaded like any other: a finished classification schedule
     leaves ``τ = 1``.
 
+    With ``model_name`` (the registry name ``body`` was built from), a checkpoint that
+    records another ``model_name`` (the engine's checkpoints do) is refused up front.
+
     Returns ``{"loaded": [...], "ignored": [...]}`` (the ignored classifier keys).
     """
-    state = read_state_dict(path)
+    state, meta = _read_checkpoint(path)
+    name = meta.get("model_name")
+    if model_name is not None and isinstance(name, str) and name != model_name:
+        raise ValueError(
+            f"checkpoint {str(path)!r} holds weights of model {name!r}, but the detector's "
+            f"backbone is {model_name!r}; use a classification checkpoint of {model_name!r}"
+        )
     own = body.state_dict()
     cls_prefix = classifier + "."
     ignored = [k for k in state if k.startswith(cls_prefix)]
@@ -321,7 +340,9 @@ def load_classification_checkpoint(
         if unexpected:
             parts.append(f"{len(unexpected)} unexpected keys ({_examples(unexpected)})")
         raise ValueError(
-            f"checkpoint {str(path)!r} does not match {backbone}: " + "; ".join(parts) +
+            f"checkpoint {str(path)!r} does not match "
+            f"{'backbone ' + repr(model_name) if model_name else 'the backbone'}: "
+            + "; ".join(parts) +
             ". Use a classification checkpoint of the same registry name, placement, "
             "num_kernels and conv_kwargs as the detection config's backbone."
         )

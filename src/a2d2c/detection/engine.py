@@ -20,11 +20,13 @@ from typing import Any
 
 import numpy as np
 import torch
+import torch.distributed as dist
 from torch import nn
 from torch.utils.data import BatchSampler, DataLoader, DistributedSampler, Subset
 
+from ..engine.checkpoint import FORMAT, load_checkpoint, save_checkpoint, unwrap_model
+from ..engine.distributed import barrier, init_distributed, is_distributed
 from ..temperature import TemperatureScheduler, get_temperature, set_temperature
-from . import _dist
 from .backbone import read_state_dict
 from .coco_eval import IOU_TYPES, coco_evaluate, format_stats, to_coco_results
 from .config import DetectionConfig, load_config, save_config
@@ -44,8 +46,25 @@ __all__ = [
 Log = Callable[[str], None]
 
 
+def _rank() -> int:
+    return dist.get_rank() if is_distributed() else 0
+
+
+def _world() -> int:
+    return dist.get_world_size() if is_distributed() else 1
+
+
+def _all_gather_object(obj: Any) -> list[Any]:
+    """Every process's ``obj`` in rank order (``[obj]`` in a single process)."""
+    if not is_distributed():
+        return [obj]
+    out: list[Any] = [None] * _world()
+    dist.all_gather_object(out, obj)
+    return out
+
+
 def _log(msg: str) -> None:
-    if _dist.is_main_process():
+    if _rank() == 0:
         print(msg, flush=True)
 
 
@@ -194,7 +213,7 @@ def evaluate(model: nn.Module, dataset: CocoInstances, *, device: torch.device,
     gathered results; every process returns the same figures.
     """
     model.eval()
-    rank, world = _dist.get_rank(), _dist.get_world_size()
+    rank, world = _rank(), _world()
     shard = Subset(dataset, list(range(rank, len(dataset), world)))
     loader = DataLoader(shard, batch_size=batch_size, shuffle=False, num_workers=workers,
                         collate_fn=collate)
@@ -210,9 +229,9 @@ def evaluate(model: nn.Module, dataset: CocoInstances, *, device: torch.device,
         part = to_coco_results(outputs, ids, dataset.label_to_cat)
         for k in results:
             results[k] += part[k]
-    gathered = _dist.all_gather_object((results, image_ids))
+    gathered = _all_gather_object((results, image_ids))
     stats: dict[str, dict[str, float]] = {}
-    if _dist.is_main_process():
+    if rank == 0:
         merged: dict[str, list] = {"bbox": [], "segm": []}
         all_ids: list[int] = []
         for res, ids in gathered:
@@ -223,35 +242,29 @@ def evaluate(model: nn.Module, dataset: CocoInstances, *, device: torch.device,
         stats = coco_evaluate(dataset.coco, merged, iou_types=iou_types, image_ids=all_ids,
                               verbose=verbose)
         log(format_stats(stats))
-    stats = _dist.all_gather_object(stats)[0]
+    stats = _all_gather_object(stats)[0]
     return stats
 
 
 # ------------------------------------------------------------------------- checkpoints
 
-def _unwrap(model: nn.Module) -> nn.Module:
-    return model.module if isinstance(model, nn.parallel.DistributedDataParallel) else model
-
-
-def save_checkpoint(path: Path, *, model: nn.Module, optimizer: torch.optim.Optimizer,
-                    lr_scheduler: StepWarmupLR, temperature: TemperatureScheduler | None,
-                    epoch: int, config: DetectionConfig, dataset: CocoInstances) -> None:
-    """Save on rank 0 only: the *unwrapped* model, optimiser, schedules and the config."""
-    if not _dist.is_main_process():
-        return
-    state = {
-        "model": _unwrap(model).state_dict(),
+def _checkpoint_state(*, model: nn.Module, optimizer: torch.optim.Optimizer,
+                      lr_scheduler: StepWarmupLR, temperature: TemperatureScheduler | None,
+                      epoch: int, config: DetectionConfig,
+                      dataset: CocoInstances) -> dict[str, Any]:
+    """The engine's checkpoint format (``a2d2c.engine.checkpoint``) plus detection fields."""
+    return {
+        "format": FORMAT, "version": 1, "task": "detection",
+        "model_name": f"maskrcnn_fpn:{config.model.backbone}",
+        "model": unwrap_model(model).state_dict(),
         "optimizer": optimizer.state_dict(),
         "lr_scheduler": lr_scheduler.state_dict(),
         "temperature": temperature.state_dict() if temperature is not None else None,
-        "epoch": epoch,
+        "epoch": epoch, "step_in_epoch": 0,
         "config": config.to_dict(),
         "class_names": list(dataset.class_names),
         "label_to_cat": dict(dataset.label_to_cat),
     }
-    tmp = path.with_suffix(".tmp")
-    torch.save(state, tmp)
-    tmp.replace(path)
 
 
 def load_detector_checkpoint(path: str | Path, *, map_location: str | torch.device = "cpu",
@@ -259,30 +272,40 @@ def load_detector_checkpoint(path: str | Path, *, map_location: str | torch.devi
                              ) -> tuple[nn.Module, DetectionConfig]:
     """Rebuild a trained detector from a checkpoint of :func:`run_train`.
 
-    The architecture comes from the config saved in the checkpoint (or ``config`` for a
-    plain state_dict); the weights must match it exactly.
+    The architecture comes from the config saved in the checkpoint, or from ``config``
+    for a plain state_dict / ``.safetensors`` file; the weights must match it exactly.
     """
-    raw = torch.load(Path(path), map_location=map_location, weights_only=True) \
-        if not str(path).endswith(".safetensors") else None
-    if isinstance(raw, dict) and isinstance(raw.get("config"), dict) and config is None:
-        config = load_config(base=raw["config"])
+    path = Path(path)
     if config is None:
-        raise ValueError(f"checkpoint {str(path)!r} carries no config; pass the detection "
-                         "config it was trained with")
+        if path.suffix == ".safetensors":
+            raise ValueError(f"{str(path)!r} carries no config; pass the detection config "
+                             "it was trained with")
+        raw = torch.load(path, map_location=map_location, weights_only=True)
+        if not (isinstance(raw, dict) and isinstance(raw.get("config"), dict)):
+            raise ValueError(f"checkpoint {str(path)!r} carries no config; pass the detection "
+                             "config it was trained with")
+        if raw.get("task", "detection") != "detection":
+            raise ValueError(f"{str(path)!r} is a {raw['task']} checkpoint, not a detector")
+        config = load_config(base=raw["config"])
     state = read_state_dict(path)
     num_classes = config.model.num_classes
     if num_classes is None:
         key = "roi_heads.box_predictor.cls_score.weight"
         if key not in state:
-            raise ValueError(f"cannot tell the number of classes of {str(path)!r}")
+            raise ValueError(f"{str(path)!r} holds no Mask R-CNN weights (no {key})")
         num_classes = state[key].shape[0]
     model = build_detector(config, num_classes=num_classes, load_pretrained=False)
-    result = model.load_state_dict(state, strict=False)
-    if result.missing_keys or result.unexpected_keys:
+    own = model.state_dict()
+    missing = [k for k in own if k not in state]
+    unexpected = [k for k in state if k not in own]
+    shapes = [k for k in own if k in state and own[k].shape != state[k].shape]
+    if missing or unexpected or shapes:
         raise ValueError(
-            f"checkpoint {str(path)!r} does not match the detector of its config "
-            f"(backbone {config.model.backbone!r}): missing {result.missing_keys[:5]}, "
-            f"unexpected {result.unexpected_keys[:5]}")
+            f"checkpoint {str(path)!r} does not match the detector of its config (backbone "
+            f"{config.model.backbone!r}): {len(missing)} missing {missing[:3]}, "
+            f"{len(unexpected)} unexpected {unexpected[:3]}, {len(shapes)} of other shapes "
+            f"{shapes[:3]}")
+    model.load_state_dict(state)
     return model, config
 
 
@@ -297,8 +320,8 @@ def _seed(seed: int) -> None:
 def run_train(config: DetectionConfig, *, resume: str | None = None,
               log: Log = _log) -> dict[str, dict[str, float]]:
     """Train (and evaluate) the detector of ``config``; returns the last evaluation."""
-    device, distributed = _dist.init_distributed(config.device)
-    rank, world = _dist.get_rank(), _dist.get_world_size()
+    ctx = init_distributed(config.device)
+    device, distributed, rank, world = ctx.device, ctx.distributed, ctx.rank, ctx.world_size
     _seed(config.train.seed + rank)
     d, t = config.data, config.train
     train_set = CocoInstances(d.root, d.train_split, train=True, hflip_prob=d.hflip_prob)
@@ -309,7 +332,7 @@ def run_train(config: DetectionConfig, *, resume: str | None = None,
     config.model.num_classes = train_set.num_classes
     model = build_detector(config, num_classes=train_set.num_classes).to(device)
     out = Path(config.output_dir)
-    if _dist.is_main_process():
+    if ctx.is_main:
         out.mkdir(parents=True, exist_ok=True)
         save_config(config, out / "config.yaml")
 
@@ -334,7 +357,10 @@ def run_train(config: DetectionConfig, *, resume: str | None = None,
     temperature = build_temperature(model, config, steps_per_epoch)
     start_epoch = 0
     if resume:
-        state = torch.load(resume, map_location="cpu", weights_only=True)
+        state = load_checkpoint(resume)
+        if state.get("model_name") != f"maskrcnn_fpn:{config.model.backbone}":
+            raise ValueError(f"cannot resume from {resume}: it holds {state.get('model_name')!r}, "
+                             f"the config builds maskrcnn_fpn:{config.model.backbone}")
         model.load_state_dict(state["model"])
         optimizer.load_state_dict(state["optimizer"])
         lr_scheduler.load_state_dict(state["lr_scheduler"])
@@ -362,17 +388,19 @@ def run_train(config: DetectionConfig, *, resume: str | None = None,
                         lr_scheduler=lr_scheduler, temperature=temperature, amp=t.amp,
                         max_iters=t.max_iters_per_epoch, clip_grad_norm=t.clip_grad_norm,
                         print_freq=t.print_freq, log=log)
-        save_checkpoint(out / "checkpoint.pth", model=model, optimizer=optimizer,
-                        lr_scheduler=lr_scheduler, temperature=temperature, epoch=epoch + 1,
-                        config=config, dataset=train_set)
+        if ctx.is_main:
+            save_checkpoint(_checkpoint_state(
+                model=model, optimizer=optimizer, lr_scheduler=lr_scheduler,
+                temperature=temperature, epoch=epoch + 1, config=config, dataset=train_set),
+                out / "checkpoint.pth")
         last = epoch + 1 == t.epochs
         if last or (t.eval_every and (epoch + 1) % t.eval_every == 0):
             stats = evaluate(model, val_set, device=device, batch_size=t.batch_size,
                              workers=d.workers, amp=t.amp, log=log)
-            if _dist.is_main_process():
+            if ctx.is_main:
                 with open(out / "eval.jsonl", "a") as f:
                     f.write(json.dumps({"epoch": epoch + 1, **stats}) + "\n")
-        _dist.barrier()
+        barrier()
     return stats
 
 
@@ -381,7 +409,7 @@ def run_eval(checkpoint: str | Path, *, config: DetectionConfig | None = None,
              batch_size: int = 1, workers: int = 2, amp: bool = False,
              log: Log = _log) -> dict[str, dict[str, float]]:
     """Evaluate a trained detector checkpoint on a COCO split (default: the config's val)."""
-    dev, _distributed = _dist.init_distributed(device)
+    dev = init_distributed(device).device
     model, cfg = load_detector_checkpoint(checkpoint, config=config)
     dataset = CocoInstances(data_root or cfg.data.root, split or cfg.data.val_split,
                             train=False)

@@ -82,7 +82,7 @@ def create_maskrcnn(
                                 conv_kwargs=conv_kwargs, width_mult=width_mult,
                                 variant=variant, frozen_bn=frozen_bn)
     if pretrained is not None:
-        load_classification_checkpoint(body, pretrained, backbone=f"backbone {backbone!r}")
+        load_classification_checkpoint(body, pretrained, model_name=backbone)
     fpn = backbone_with_fpn(body, trainable_layers=trainable_layers, out_channels=fpn_channels)
     if anchor_sizes is not None:
         if len(anchor_sizes) != 5 or any(int(s) < 1 for s in anchor_sizes):

@@ -4,17 +4,17 @@ The backbone figure ("pre-trained backbone models excluding the last fully conne
 layer") is the registry network's stem and four stages (``model.backbone.body``), the
 detector figure everything (backbone, FPN, RPN, box and mask heads).
 
-MAdds are counted for the path actually executed (SPEC §4): one eval-mode forward pass
-under :class:`torch.utils.flop_counter.FlopCounterMode`, which counts convolutions
-(grouped and transposed included) and matrix products — so a dynamic layer costs what
-its selected implementation runs (the kernel form: one convolution plus attention and
-kernel aggregation; the plus form: K convolutions). RoIAlign, NMS and element-wise
-operations are not counted, as in the usual MAdds convention. The input is resized and
-padded by the detector's own transform first (a 800×1280 image stays 800×1280 under the
-COCO settings, the size mmdetection reports FLOPs at). The heads are counted for a fixed
-workload so that the figure does not depend on the (random) weights: ``proposals``
-RoIs through the box head (RPN and box NMS disabled for the count) and ``detections``
-RoIs through the mask head.
+MAdds are counted by the project's profiler (:func:`a2d2c.profiling.count_madds`: one
+eval-mode forward pass under ``FlopCounterMode``, convolutions and matrix products plus
+the dynamic layers' kernel aggregation), for the path actually executed (SPEC §4): a
+dynamic layer costs what its implementation runs (``impl="plus"``, the A²D²C+ default:
+K convolutions; the kernel form: one convolution plus attention and aggregation, the
+paper's convention). RoIAlign, NMS and element-wise operations are not counted. The
+input is resized and padded by the detector's own transform first (an 800×1280 image
+stays 800×1280 under the COCO settings, the size mmdetection reports FLOPs at). The
+heads are counted for a fixed workload, so that the figure does not depend on the
+(random) weights: all ``rpn_post_nms_top_n_test`` proposals (1000) through the box head
+(RPN and box NMS disabled for the count) and ``detections`` RoIs through the mask head.
 """
 
 from __future__ import annotations
@@ -25,9 +25,10 @@ from typing import Any
 
 import torch
 from torch import nn
-from torch.utils.flop_counter import FlopCounterMode
 from torchvision.models.detection import MaskRCNN
 from torchvision.ops import FrozenBatchNorm2d
+
+from ..profiling import count_madds, count_params
 
 __all__ = ["DetectorCost", "count_detector", "detector_params"]
 
@@ -43,6 +44,7 @@ class DetectorCost:
     image_size: tuple[int, int]
     proposals: int
     detections: int
+    dynamic_layers: str
 
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -52,14 +54,14 @@ class DetectorCost:
         return (f"params {self.params / 1e6:.2f}M ({self.backbone_params / 1e6:.2f}M)  "
                 f"MAdds {self.madds / 1e9:.2f}G ({self.backbone_madds / 1e9:.2f}G)  "
                 f"[detector (backbone); {h}x{w} input, {self.proposals} proposals, "
-                f"{self.detections} masks]")
+                f"{self.detections} masks; {self.dynamic_layers}]")
 
 
 def _num_params(module: nn.Module) -> int:
     """Parameters, counting a frozen norm's scale and shift (buffers there) as parameters."""
     frozen = sum(m.weight.numel() + m.bias.numel() for m in module.modules()
                  if isinstance(m, FrozenBatchNorm2d))
-    return sum(p.numel() for p in module.parameters()) + frozen
+    return count_params(module) + frozen
 
 
 def detector_params(model: MaskRCNN) -> tuple[int, int]:
@@ -67,11 +69,15 @@ def detector_params(model: MaskRCNN) -> tuple[int, int]:
     return _num_params(model), _num_params(model.backbone.body)
 
 
-def _madds(fn: Any, *args: Any) -> int:
-    counter = FlopCounterMode(display=False)
-    with counter, torch.no_grad():
-        fn(*args)
-    return counter.get_total_flops() // 2
+class _ImageToDetector(nn.Module):
+    """Feeds a ``(1, C, H, W)`` batch to a detector as its list of images."""
+
+    def __init__(self, detector: MaskRCNN) -> None:
+        super().__init__()
+        self.detector = detector
+
+    def forward(self, x: torch.Tensor) -> Any:
+        return self.detector(list(x))
 
 
 @contextmanager
@@ -93,7 +99,7 @@ def count_detector(model: MaskRCNN, *, image_size: tuple[int, int] = (800, 1280)
     """Count ``model``'s parameters and MAdds for one ``image_size`` (H, W) image.
 
     ``model`` is a torchvision ``MaskRCNN`` (e.g. from :func:`create_maskrcnn`); it is
-    run once in eval mode on zeros and restored to its previous mode.
+    run once in eval mode on a random image and restored to its previous mode.
     """
     if not isinstance(model, MaskRCNN):
         raise TypeError(f"model must be a torchvision MaskRCNN, got {type(model).__name__}")
@@ -117,9 +123,10 @@ def count_detector(model: MaskRCNN, *, image_size: tuple[int, int] = (800, 1280)
         image = torch.zeros(3, h, w, device=param.device, dtype=param.dtype)
         with torch.no_grad():
             batch, _ = model.transform([image])
-        madds_backbone = _madds(body, batch.tensors)
+        size = (int(batch.tensors.shape[-2]), int(batch.tensors.shape[-1]))
+        backbone = count_madds(body, (3, *size))
         with _fixed_workload(model, detections):
-            madds = _madds(model, [image])
+            whole = count_madds(_ImageToDetector(model), (3, h, w))
     finally:
         for handle in handles:
             handle.remove()
@@ -127,10 +134,11 @@ def count_detector(model: MaskRCNN, *, image_size: tuple[int, int] = (800, 1280)
     params, backbone_params = detector_params(model)
     return DetectorCost(
         params=params,
-        madds=madds,
+        madds=whole.madds,
         backbone_params=backbone_params,
-        backbone_madds=madds_backbone,
-        image_size=(int(batch.tensors.shape[-2]), int(batch.tensors.shape[-1])),
+        backbone_madds=backbone.madds,
+        image_size=size,
         proposals=rois.get("box", 0),
         detections=rois.get("mask", 0),
+        dynamic_layers=backbone.summary(),
     )
