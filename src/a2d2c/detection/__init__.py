@@ -5,7 +5,6 @@ detector of the paper's Table 7; ``a2d2c detect train|eval|profile`` drive it on
 """
 
 from .backbone import (
-    DETECTION_PLACEMENTS,
     TABLE7_BACKBONES,
     backbone_with_fpn,
     create_backbone_body,
@@ -31,7 +30,6 @@ from .model import MASKRCNN_OPTIONS, create_maskrcnn
 from .synthetic import make_shapes_dataset
 
 __all__ = [
-    "DETECTION_PLACEMENTS",
     "MASKRCNN_OPTIONS",
     "STAT_NAMES",
     "TABLE7_BACKBONES",

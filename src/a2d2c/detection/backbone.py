@@ -9,15 +9,16 @@ and :func:`backbone_with_fpn` wraps its stages in torchvision's
 Placement of A²D²C+ in the detector. The paper puts A²D²C+ "at three points" of the
 detection backbone without naming them; we read this as the three stages the 1x
 recipe fine-tunes (stages 2–4, ``layer2``–``layer4``) and replace the 3×3 conv of every
-bottleneck there (``layer{2,3,4}.*.conv2``, 13 convs in ResNet-50): the placement
-``"stages2-4-3x3"``. Stage 1 is frozen by the recipe, so a dynamic layer there would
-never learn. The baselines (CondConv, DynamicConv, DCD, ODConv) keep their own
-papers' placements (the registry's default for their names).
+bottleneck there (``layer{2,3,4}.*.conv2``, 13 convs in ResNet-50): the registry's
+placement ``"stages2-4-3x3"`` (every 3×3 block conv of stages 2–4), so a classification
+backbone for it is trained with ``model.kwargs: {placement: stages2-4-3x3}``. Stage 1
+is frozen by the recipe, so a dynamic layer there would never learn. The baselines
+(CondConv, DynamicConv, DCD, ODConv) keep their own papers' placements (the registry's
+default for their names).
 """
 
 from __future__ import annotations
 
-import re
 from collections import OrderedDict
 from collections.abc import Callable, Mapping
 from pathlib import Path
@@ -30,7 +31,6 @@ from torchvision.ops import FrozenBatchNorm2d
 from torchvision.ops.feature_pyramid_network import LastLevelMaxPool
 
 __all__ = [
-    "DETECTION_PLACEMENTS",
     "TABLE7_BACKBONES",
     "backbone_with_fpn",
     "create_backbone_body",
@@ -50,20 +50,6 @@ TABLE7_BACKBONES: tuple[str, ...] = (
     "resnet50_odconv",
     "resnet50_a2d2c_plus",
 )
-
-_STAGES_2_4_3X3 = re.compile(r"layer[234]\.\d+\.conv2")
-
-
-def _stages_2_4_3x3(name: str) -> bool:
-    """The 3×3 conv of every residual block of stages 2–4 (``layer{2,3,4}.<i>.conv2``)."""
-    return _STAGES_2_4_3X3.fullmatch(name) is not None
-
-
-#: Detection-specific placements (predicates on the qualified conv name), on top of the
-#: registry's own placement names (SPEC §3), which are passed through unchanged.
-DETECTION_PLACEMENTS: dict[str, Callable[[str], bool]] = {
-    "stages2-4-3x3": _stages_2_4_3x3,
-}
 
 # The stages a ResNet body consists of, earliest first (torchvision's attribute names);
 # ``trainable_layers=k`` trains the last k of them, as torchvision's resnet_fpn_backbone.
@@ -101,8 +87,8 @@ def create_backbone_body(
     Args:
         name: a registry name (``a2d2c.list_models()``), e.g. ``"resnet50_a2d2c_plus"``.
         placement: ``"auto"`` (:func:`default_placement`), ``None`` (the registry's
-            default for ``name``), a name of :data:`DETECTION_PLACEMENTS` or of the
-            registry (SPEC §3), or a predicate on the qualified conv name.
+            default for ``name``), a registry placement name (SPEC §3 and
+            ``"stages2-4-3x3"``), or a predicate on the qualified conv name.
         num_kernels, conv_kwargs, width_mult, variant: registry overrides, passed only
             when set.
         frozen_bn: build every norm as ``FrozenBatchNorm2d`` (the 1x recipe; it also makes
@@ -114,8 +100,6 @@ def create_backbone_body(
     """
     if placement == "auto":
         placement = default_placement(name)
-    if isinstance(placement, str) and placement in DETECTION_PLACEMENTS:
-        placement = DETECTION_PLACEMENTS[placement]
     overrides: dict[str, Any] = {}
     if placement is not None:
         overrides["placement"] = placement
