@@ -89,6 +89,21 @@ def test_shapes_dataset_masks_boxes_and_labels_agree(shapes: Path) -> None:
     assert torch.allclose(ft["boxes"][:, [0, 2]], 128 - t["boxes"][:, [2, 0]])
 
 
+@pytest.mark.parametrize("n,batch", [(10, 3), (9, 3), (7, 4), (1, 2)])
+def test_grouped_batches_cover_every_index_once_in_ceil_n_over_b_batches(n: int,
+                                                                          batch: int) -> None:
+    from a2d2c.detection import GroupedBatchSampler
+
+    ratios = [1.5 if i % 3 else 0.75 for i in range(n)]
+    sampler = GroupedBatchSampler(list(range(n)), ratios, batch)  # type: ignore[arg-type]
+    batches = list(sampler)
+    assert len(batches) == len(sampler) == math.ceil(n / batch)
+    assert sorted(i for b in batches for i in b) == list(range(n))
+    full = [b for b in batches if len(b) == batch]
+    # full batches come from one group each, except possibly the merged leftovers
+    assert sum(len({ratios[i] >= 1 for i in b}) > 1 for b in full) <= 1
+
+
 def test_missing_coco_layout_is_a_clear_error(tmp_path: Path) -> None:
     with pytest.raises(FileNotFoundError, match=r"instances_val2017\.json"):
         CocoInstances(tmp_path, "val2017", train=False)

@@ -151,8 +151,9 @@ class GroupedBatchSampler(Sampler[list[int]]):
     Padding a portrait and a landscape image to one tensor wastes half of it; grouping
     as torchvision's references and mmdetection do keeps batches compact. Indices come
     from ``sampler`` (e.g. a ``DistributedSampler``), so sharding and shuffling stay
-    its job; incomplete groups left at the end are emitted as smaller batches so that
-    every image is seen once per epoch.
+    its job. The images left over in the groups at the end are batched together, so an
+    epoch has exactly ``ceil(len(sampler) / batch_size)`` batches: the same on every
+    process under DDP (a rank with one batch more would wait forever in all-reduce).
     """
 
     def __init__(self, sampler: Sampler[int], aspect_ratios: Sequence[float],
@@ -171,12 +172,9 @@ class GroupedBatchSampler(Sampler[list[int]]):
             if len(bucket) == self.batch_size:
                 yield list(bucket)
                 bucket.clear()
-        for bucket in buckets.values():
-            if bucket:
-                yield list(bucket)
+        rest = [idx for bucket in buckets.values() for idx in bucket]
+        for start in range(0, len(rest), self.batch_size):
+            yield rest[start:start + self.batch_size]
 
     def __len__(self) -> int:
-        counts: dict[int, int] = defaultdict(int)
-        for idx in self.sampler:
-            counts[self.groups[idx]] += 1
-        return sum(math.ceil(c / self.batch_size) for c in counts.values())
+        return math.ceil(len(self.sampler) / self.batch_size)  # type: ignore[arg-type]
