@@ -320,10 +320,11 @@ def test_backbone_madds_equal_the_sum_over_convolutions() -> None:
 
 # The tiny recipe (configs/detection/maskrcnn_shapes_tiny.yaml: ResNet-18 ×0.25 from scratch,
 # 64 images of 128², 8 epochs = 128 iterations of 4 images) measured on the 2-core machine
-# (torch 2.14, CPU, one thread): bbox AP 0.182 (AP50 0.489), segm AP > 0.2; the untrained
-# detector scores bbox AP 0.000 and random boxes well below 0.01 (README, "Detection").
-# The bar sits far above chance and far below what training reaches.
-MIN_BBOX_AP = 0.05
+# (torch 2.14, CPU, one thread), seeds 0/1/2: bbox AP 0.206/0.198/0.184, segm AP
+# 0.248/0.276/0.217. The untrained detector scores bbox AP 0.000, random boxes 0.0003 (20
+# per image) and 0.0022 (100 per image). The bar sits 45× above the best chance figure and
+# well below every measured run.
+MIN_BBOX_AP = 0.10
 
 
 @pytest.fixture(scope="module")
@@ -345,7 +346,7 @@ def test_short_training_learns(trained) -> None:
     _cfg, stats, out = trained
     print("after the short training:", stats)
     assert stats["bbox"]["AP"] >= MIN_BBOX_AP, stats
-    assert stats["segm"]["AP"] >= MIN_BBOX_AP / 2, stats
+    assert stats["segm"]["AP"] >= MIN_BBOX_AP, stats
     assert (out / "config.yaml").is_file() and (out / "eval.jsonl").is_file()
 
 

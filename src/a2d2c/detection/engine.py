@@ -25,7 +25,13 @@ from torch import nn
 from torch.utils.data import BatchSampler, DataLoader, DistributedSampler, Subset
 
 from ..engine.checkpoint import FORMAT, load_checkpoint, save_checkpoint, unwrap_model
-from ..engine.distributed import barrier, init_distributed, is_distributed
+from ..engine.distributed import (
+    DistContext,
+    barrier,
+    cleanup_distributed,
+    init_distributed,
+    is_distributed,
+)
 from ..temperature import TemperatureScheduler, get_temperature, set_temperature
 from .backbone import read_state_dict
 from .coco_eval import IOU_TYPES, coco_evaluate, format_stats, to_coco_results
@@ -319,8 +325,20 @@ def _seed(seed: int) -> None:
 
 def run_train(config: DetectionConfig, *, resume: str | None = None,
               log: Log = _log) -> dict[str, dict[str, float]]:
-    """Train (and evaluate) the detector of ``config``; returns the last evaluation."""
+    """Train (and evaluate) the detector of ``config``; returns the last evaluation.
+
+    Under torchrun every process calls this; the process group is started here (and
+    ended again if this call started it).
+    """
     ctx = init_distributed(config.device)
+    try:
+        return _train(config, ctx, resume=resume, log=log)
+    finally:
+        cleanup_distributed(ctx)
+
+
+def _train(config: DetectionConfig, ctx: DistContext, *, resume: str | None,
+           log: Log) -> dict[str, dict[str, float]]:
     device, distributed, rank, world = ctx.device, ctx.distributed, ctx.rank, ctx.world_size
     _seed(config.train.seed + rank)
     d, t = config.data, config.train
