@@ -203,9 +203,13 @@ def test_classification_checkpoint_initialises_the_backbone(tmp_path: Path, fmt:
                 m.running_mean.uniform_(-1, 1)
                 m.running_var.uniform_(0.5, 2)
     state = cls.state_dict()
-    if fmt == "engine":
-        path = tmp_path / "ckpt.pth"
-        torch.save({"model": state, "epoch": 3, "optimizer": {}}, path)
+    if fmt == "engine":  # written by the training engine's own checkpoint writer
+        from a2d2c.engine.checkpoint import FORMAT, capture_rng_state, save_checkpoint
+
+        path = tmp_path / "last.pt"
+        save_checkpoint({"format": FORMAT, "version": 1, "model_name": "resnet18_a2d2c_plus",
+                         "model": state, "epoch": 3, "rng": capture_rng_state(),
+                         "config": {"model": {"name": "resnet18_a2d2c_plus"}}}, path)
     elif fmt == "plain_ddp":
         path = tmp_path / "ckpt.pth"
         torch.save({f"module.{k}": v for k, v in state.items()}, path)
