@@ -29,7 +29,7 @@ def test_conv_madds_formula_including_grouped(groups):
     conv = nn.Conv2d(16, 32, 3, stride=2, padding=1, groups=groups, bias=False)
     r = count_madds(conv, (16, 20, 20))
     assert r.madds == 32 * (16 // groups) * 9 * 10 * 10
-    assert r.aggregation_madds == 0 and r.summary() == "static convolutions only"
+    assert r.aggregation_madds == 0 and r.summary() == "no dynamic layers"
 
 
 def test_a2d2c_forms_counted():

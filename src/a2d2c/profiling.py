@@ -77,7 +77,7 @@ class MAddsReport:
 
 def dynamic_layer_summary(forms: Sequence[str]) -> str:
     counts = Counter(forms)
-    return ", ".join(f"{n}x {f}" for f, n in counts.items()) or "static convolutions only"
+    return ", ".join(f"{n}x {f}" for f, n in counts.items()) or "no dynamic layers"
 
 
 def _form(module: nn.Module, shape: tuple[int, ...]) -> str | None:
