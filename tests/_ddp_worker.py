@@ -10,7 +10,7 @@ import torch
 import torch.distributed as dist
 
 from _engine_helpers import tiny_config
-from a2d2c.engine import evaluate_checkpoint, fit, load_checkpoint
+from a2d2c.engine import StopRequest, evaluate_checkpoint, fit, load_checkpoint
 
 
 def main(out: Path) -> None:
@@ -27,6 +27,14 @@ def main(out: Path) -> None:
     rng = torch.get_rng_state()[:64].double()
     rngs = [torch.empty_like(rng) for _ in range(world)]
     dist.all_gather(rngs, rng)
+    # interrupted after 3 steps (only rank 0 is asked: the ranks agree on stopping) and
+    # resumed: bitwise the uninterrupted run, every rank continuing its own RNG stream
+    split = tiny_config(out / "split", data={"val_samples": 15})
+    stop = StopRequest()
+    part = fit(split, stop=stop, on_step=lambda g: g == 3 and rank == 0 and stop.request())
+    resumed = fit(split, resume=out / "split" / "last.pt")
+    exact = part.global_step == 3 and all(
+        torch.equal(v, resumed.model.state_dict()[k]) for k, v in sd.items())
     ev = evaluate_checkpoint(out / "run" / "last.pt")
     evs = [None] * world
     dist.all_gather_object(evs, (ev["samples"], ev["top1"]))
@@ -40,6 +48,7 @@ def main(out: Path) -> None:
             "rng_streams_differ": not torch.equal(rngs[0], rngs[1]),
             "eval": evs,
             "final_val_top1": res.final_metrics["val_top1"],
+            "resume_exact": exact,
         }
         (out / "report.json").write_text(json.dumps(report))
     dist.barrier()

@@ -299,3 +299,25 @@ def test_cuda_training_with_amp(tmp_path, amp):
                                                  "channels_last": True}))
     assert math.isfinite(run.final_metrics["train_loss"])
     assert next(run.model.parameters()).is_cuda
+
+
+def test_gradient_clipping_bounds_the_update():
+    lin = torch.nn.Linear(4, 3, bias=False)
+    torch.nn.init.zeros_(lin.weight)
+    data = torch.utils.data.TensorDataset(100 * torch.randn(8, 4), torch.zeros(8).long())
+    loader = torch.utils.data.DataLoader(data, batch_size=8)
+    train_one_epoch(lin, loader, torch.optim.SGD(lin.parameters(), lr=0.5),
+                    device=torch.device("cpu"), clip_grad_norm=0.1)
+    # plain SGD: the step is lr x the clipped gradient, whose norm is the clip value
+    assert lin.weight.norm().item() == pytest.approx(0.5 * 0.1, rel=1e-5)
+
+
+def test_cli_missing_data_and_checkpoint_are_clear_errors(tmp_path, capsys):
+    missing = str(tmp_path / "nowhere")
+    assert cli_main(["train", "--data.name", "cifar100", "--data.root", missing,
+                     "--train.output_dir", str(tmp_path / "out")]) == 1
+    err = capsys.readouterr().err
+    assert "CIFAR-100 not found" in err and "nowhere/cifar-100-python" in err
+    assert not (tmp_path / "out").exists()  # nothing built, nothing written
+    assert cli_main(["train", "--resume", str(tmp_path / "gone.pt")]) == 2
+    assert "checkpoint not found" in capsys.readouterr().err

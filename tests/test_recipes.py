@@ -25,6 +25,7 @@ from a2d2c.engine import (
     lr_factor_fn,
     train_one_epoch,
 )
+from a2d2c.models import model_arguments
 
 CONFIGS = Path(__file__).resolve().parents[1] / "configs"
 RECIPES = sorted(p for p in CONFIGS.rglob("*.yaml") if "_base_" not in p.parts)
@@ -65,10 +66,13 @@ def test_recipe_builds_and_trains_a_step(recipe, data_roots, tmp_path):
             "--train.output_dir", str(tmp_path), "--train.progress", "false"]
     if raw.data.name in data_roots:
         over += ["--data.root", str(data_roots[raw.data.name])]
-    if raw.data.name == "cifar100":
-        over += ["--data.img_size", "16"]
-    elif raw.data.name == "imagenet":
-        over += ["--data.img_size", "32", "--data.resize", "36"]
+    size = {"cifar100": 16, "imagenet": 32}.get(raw.data.name)
+    if size:
+        over += ["--data.img_size", str(size)]
+        if "img_size" in (model_arguments(raw.model.name) or []):  # transformers
+            over += ["--model.kwargs.img_size", str(size)]
+    if raw.data.name == "imagenet":
+        over += ["--data.resize", "36"]
     else:  # fashion_mnist: the real data when installed, else generated
         over += ["--data.train_samples", "4", "--data.val_samples", "4"]
     cfg = load_config(recipe, over)  # the recipe validates

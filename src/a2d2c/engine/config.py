@@ -146,6 +146,7 @@ class TrainConfig:
     eval_every: int = 1
     #: also write a mid-epoch checkpoint every this many steps (0: only at epoch ends)
     checkpoint_every: int = 0
+    #: tqdm bars on rank 0 (only when stderr is a terminal)
     progress: bool = True
     tensorboard: bool = False
     #: CPU threads per process (0: leave torch's default)

@@ -17,6 +17,7 @@ __all__ = [
     "DistContext",
     "all_reduce_sum",
     "barrier",
+    "broadcast_buffers",
     "cleanup_distributed",
     "init_distributed",
     "is_distributed",
@@ -91,3 +92,15 @@ def all_reduce_sum(t: torch.Tensor) -> torch.Tensor:
     if is_distributed():
         dist.all_reduce(t, op=dist.ReduceOp.SUM)
     return t
+
+
+def broadcast_buffers(module: torch.nn.Module, src: int = 0) -> None:
+    """Copy rank ``src``'s buffers (BatchNorm statistics, temperature) to every rank.
+
+    DDP broadcasts them at the start of each forward, so after the last training step
+    every rank still holds its own running statistics; evaluation and checkpoints need
+    the replicas identical.
+    """
+    if is_distributed():
+        for buf in module.buffers():
+            dist.broadcast(buf, src)

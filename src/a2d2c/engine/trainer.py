@@ -44,7 +44,14 @@ from .checkpoint import (
     unwrap_model,
 )
 from .config import Config, config_from_dict, config_to_dict, save_config, validate_config
-from .distributed import DistContext, all_reduce_sum, barrier, cleanup_distributed, init_distributed
+from .distributed import (
+    DistContext,
+    all_reduce_sum,
+    barrier,
+    broadcast_buffers,
+    cleanup_distributed,
+    init_distributed,
+)
 
 __all__ = [
     "EpochResult",
@@ -103,6 +110,15 @@ def handle_signals(stop: StopRequest) -> Iterator[StopRequest]:
     finally:
         for s, h in old.items():
             signal.signal(s, h)
+
+
+def _tqdm() -> Any:
+    """tqdm if installed (an optional extra), else None: no progress bar."""
+    try:
+        from tqdm import tqdm
+    except ImportError:
+        return None
+    return tqdm
 
 
 def _topk_correct(logits: torch.Tensor, target: torch.Tensor, ks: tuple[int, ...]
@@ -166,11 +182,10 @@ def train_one_epoch(
     t0 = time.perf_counter()
     distributed = torch.distributed.is_available() and torch.distributed.is_initialized()
     bar = None
-    if progress:
-        from tqdm import tqdm
-
+    tqdm = _tqdm() if progress else None
+    if tqdm is not None:
         bar = tqdm(total=start_step + len(loader), initial=start_step, leave=False,
-                   desc=f"epoch {epoch + 1}", dynamic_ncols=True)
+                   desc=f"epoch {epoch + 1}", dynamic_ncols=True, disable=None)
     autocast = torch.autocast(device.type, dtype=amp_dtype or torch.float32,
                               enabled=amp_dtype is not None)
     for x, y in loader:
@@ -241,10 +256,9 @@ def evaluate(model: nn.Module, loader: torch.utils.data.DataLoader, *, device: t
     model.eval()
     sums = torch.zeros(4, dtype=torch.float64, device=device)  # loss, top1, top5, n
     it = loader
-    if progress:
-        from tqdm import tqdm
-
-        it = tqdm(loader, leave=False, desc="eval", dynamic_ncols=True)
+    tqdm = _tqdm() if progress else None
+    if tqdm is not None:
+        it = tqdm(loader, leave=False, desc="eval", dynamic_ncols=True, disable=None)
     autocast = torch.autocast(device.type, dtype=amp_dtype or torch.float32,
                               enabled=amp_dtype is not None)
     for x, y in it:
@@ -469,6 +483,7 @@ def _fit(cfg: Config, ctx: DistContext, resume: str | os.PathLike | None, stop: 
             clip_grad_norm=cfg.optim.clip_grad_norm, channels_last=t.channels_last,
             start_step=first, stats=carried, stop=stop, on_step=step_hook,
             progress=t.progress and ctx.is_main)
+        broadcast_buffers(model)
         if res.stopped and res.steps < steps_per_epoch:
             totals = [res.loss * res.samples, res.top1 / 100.0 * res.samples,
                       float(res.samples)]
@@ -483,7 +498,9 @@ def _fit(cfg: Config, ctx: DistContext, resume: str | os.PathLike | None, stop: 
         }
         last_epoch = epoch + 1 == t.epochs
         if (epoch + 1) % t.eval_every == 0 or last_epoch:
-            val = evaluate(train_model, val_loader, device=device, amp_dtype=amp_dtype,
+            # the plain model: DDP's forward is collective, and the shards of the
+            # validation set may hold different numbers of batches
+            val = evaluate(model, val_loader, device=device, amp_dtype=amp_dtype,
                            channels_last=t.channels_last, progress=t.progress and ctx.is_main)
             row.update(val_loss=val["loss"], val_top1=val["top1"], val_top5=val["top5"])
         is_best = "val_top1" in row and (best_top1 is None or row["val_top1"] > best_top1)
@@ -495,7 +512,9 @@ def _fit(cfg: Config, ctx: DistContext, resume: str | os.PathLike | None, stop: 
              f"{res.top1:.2f}% | " + (f"val loss {row['val_loss']:.4f} top-1 "
                                       f"{row['val_top1']:.2f}% top-5 {row['val_top5']:.2f}% | "
                                       if "val_top1" in row else "")
-             + f"lr {row['lr']:.4g} tau {row['temperature'] or 0:.3g} | {res.time_s:.1f}s")
+             + f"lr {row['lr']:.4g}"
+             + (f" tau {row['temperature']:.3g}" if row["temperature"] is not None else "")
+             + f" | {res.time_s:.1f}s")
         if writer is not None:
             writer.write(row)
         state = make_state(epoch + 1, 0, row, None)
@@ -505,6 +524,9 @@ def _fit(cfg: Config, ctx: DistContext, resume: str | os.PathLike | None, stop: 
         if res.stopped and not last_epoch:
             status = "interrupted"
             break
+    if start_epoch >= t.epochs:
+        _log(ctx, f"nothing to do: the checkpoint has finished {start_epoch} of "
+             f"train.epochs={t.epochs} epochs (raise --train.epochs to train on)")
     if status == "interrupted":
         _log(ctx, f"stopped by signal {stop.signum} after global step {global_step}: "
              f"checkpoint {out / 'last.pt'}; continue with: a2d2c train --resume "
@@ -574,6 +596,9 @@ def evaluate_checkpoint(path: str | os.PathLike, overrides: dict[str, Any] | Non
         cfg = config_from_dict(_merge(config_to_dict(cfg), overrides))
     validate_config(cfg)
     ctx = init_distributed(cfg.train.device)
+    threads = torch.get_num_threads()
+    if cfg.train.threads:
+        torch.set_num_threads(cfg.train.threads)
     try:
         info = dataset_info(cfg.data)
         model = build_model(cfg, info.num_classes, info.in_chans)
@@ -588,6 +613,7 @@ def evaluate_checkpoint(path: str | os.PathLike, overrides: dict[str, Any] | Non
             model, loader, device=ctx.device, amp_dtype=AMP_DTYPES[cfg.train.amp],
             channels_last=cfg.train.channels_last, progress=cfg.train.progress and ctx.is_main)
     finally:
+        torch.set_num_threads(threads)
         cleanup_distributed(ctx)
     metrics["recorded_top1"] = (state.get("metrics") or {}).get("val_top1")
     metrics["model_name"] = cfg.model.name
