@@ -35,7 +35,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="profile every buildable row of the paper's Tables 1-13")
     parser.add_argument("--input-size", type=int, nargs=3, metavar=("C", "H", "W"), default=None,
                         help="input size (default 3 224 224; 3 32 32 with --stem cifar)")
-    parser.add_argument("--num-classes", type=int, default=1000)
+    parser.add_argument("--num-classes", type=int, default=None,
+                        help="classifier outputs (default 1000; with --detector 81, COCO)")
     parser.add_argument("--batch-size", type=int, default=1,
                         help="batch size of the counted pass (default 1, as in the papers)")
     parser.add_argument("--conv", default=None,
@@ -48,6 +49,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="ResNet-50: stride on the first 1x1 (v1) or the 3x3 (v1.5)")
     parser.add_argument("--conv-kwarg", type=_kv, action="append", default=[],
                         metavar="KEY=VALUE", help="dynamic layer argument, e.g. head=mlp")
+    parser.add_argument("--detector", choices=("maskrcnn",), default=None,
+                        help="profile Mask R-CNN + FPN with MODEL as backbone (Table 7: whole "
+                             "detector and backbone); --input-size defaults to 3 800 1280")
     parser.add_argument("--by-module", action="store_true", help="also print MAdds per stage")
     parser.add_argument("--tables", type=int, nargs="+", default=None,
                         help="with --paper: only these table numbers")
@@ -76,6 +80,8 @@ def main(args: argparse.Namespace) -> int:
         print("a2d2c profile: give a MODEL name or --paper", file=sys.stderr)
         return 2
 
+    if args.detector:
+        return _profile_detector(args)
     import a2d2c
     from a2d2c.profiling import count_madds, count_params
 
@@ -84,7 +90,7 @@ def main(args: argparse.Namespace) -> int:
                      conv_kwargs=dict(args.conv_kwarg) or None)
     overrides = {k: v for k, v in overrides.items() if v is not None}
     try:
-        model = a2d2c.create_model(args.model, num_classes=args.num_classes, **overrides)
+        model = a2d2c.create_model(args.model, num_classes=args.num_classes or 1000, **overrides)
     except (ValueError, TypeError) as exc:
         print(f"a2d2c profile: {exc}", file=sys.stderr)
         return 2
@@ -103,4 +109,35 @@ def main(args: argparse.Namespace) -> int:
     if args.by_module:
         for name, madds in report.by_module.items():
             print(f"  {name:<12} {_fmt_count(madds, 'G')}")
+    return 0
+
+
+def _profile_detector(args: argparse.Namespace) -> int:
+    """``--detector maskrcnn``: the detector's and its backbone's parameters and MAdds."""
+    from a2d2c.detection import create_maskrcnn
+    from a2d2c.detection.profile import count_detector
+
+    if args.conv is not None or args.stem is not None:
+        print("a2d2c profile: --detector takes a registry backbone name; --conv and --stem "
+              "do not apply", file=sys.stderr)
+        return 2
+    overrides = dict(num_kernels=args.num_kernels, width_mult=args.width_mult,
+                     variant=args.variant, conv_kwargs=dict(args.conv_kwarg) or None)
+    overrides = {k: v for k, v in overrides.items() if v is not None}
+    try:
+        model = create_maskrcnn(args.model, num_classes=args.num_classes or 81,
+                                placement=args.placement or "auto", **overrides)
+    except (ValueError, TypeError) as exc:
+        print(f"a2d2c profile: {exc}", file=sys.stderr)
+        return 2
+    _c, h, w = args.input_size or (3, 800, 1280)
+    cost = count_detector(model, image_size=(h, w))
+    print(f"model:    Mask R-CNN + FPN, backbone {args.model}")
+    print(f"input:    {cost.image_size[0]}x{cost.image_size[1]} after the detector's resize; "
+          f"{cost.proposals} proposals, {cost.detections} masks (eval mode)")
+    print(f"params:   {cost.params:,} ({_fmt_count(cost.params, 'M')}); backbone "
+          f"{cost.backbone_params:,} ({_fmt_count(cost.backbone_params, 'M')})")
+    print(f"MAdds:    {cost.madds:,} ({_fmt_count(cost.madds, 'G')}); backbone "
+          f"{cost.backbone_madds:,} ({_fmt_count(cost.backbone_madds, 'G')})")
+    print(f"counted:  {cost.dynamic_layers}")
     return 0

@@ -36,6 +36,9 @@ Placements (SPEC §3, plus the baselines' own):
     dynamic.
 ``"block-initial"``
     The first conv of every residual / inverted-residual block.
+``"stages2-4-3x3"``
+    ResNet: every 3×3 conv inside the residual blocks of ``layer2``–``layer4`` (the
+    Mask R-CNN backbone of :mod:`a2d2c.detection`; 13 convs in ResNet-50).
 a predicate ``f(qualified_conv_name) -> bool``
     Any set of convs by name, e.g. ``lambda n: n == "layer2.0.conv2"``.
 """
@@ -93,6 +96,10 @@ PLACEMENTS: dict[str, Callable[[ConvSite, str], bool]] = {
     "median": lambda s, arch: s.name == "layer3.0.conv1",
     "terminal": lambda s, arch: s.role == "terminal",
     "block-initial": lambda s, arch: s.role == "block" and s.first_in_block,
+    # detection (a2d2c.detection): the 3×3 block convs of the stages the 1x recipe trains
+    "stages2-4-3x3": lambda s, arch: (arch == "resnet" and s.role == "block"
+                                      and s.kernel_size == 3
+                                      and s.name.startswith(("layer2.", "layer3.", "layer4."))),
 }
 
 # What "default" means for each conv type on each backbone ("resnet18", "resnet50",
