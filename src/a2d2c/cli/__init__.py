@@ -20,6 +20,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "train": ("a2d2c.cli.train", "train a registered model with a YAML recipe (no arguments: "
               "the offline Fashion-MNIST default)"),
     "eval": ("a2d2c.cli.eval", "evaluate a checkpoint on its dataset's validation split"),
+    "profile": ("a2d2c.cli.profile", "parameters and MAdds of a model, or of the paper's tables"),
 }
 
 
