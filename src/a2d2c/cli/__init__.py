@@ -21,6 +21,8 @@ COMMANDS: dict[str, tuple[str, str]] = {
               "the offline Fashion-MNIST default)"),
     "eval": ("a2d2c.cli.eval", "evaluate a checkpoint on its dataset's validation split"),
     "profile": ("a2d2c.cli.profile", "parameters and MAdds of a model, or of the paper's tables"),
+    "visualize": ("a2d2c.cli.visualize", "sampled points, feature maps and kernel attention of "
+                  "A2D2Conv2d layers as PNG (the paper's Fig. 4)"),
 }
 
 
