@@ -288,8 +288,9 @@ def plot_layer_view(view: LayerView, image: Tensor, path: str | os.PathLike | No
         if n > 1:
             ax_img.legend(loc="upper right", fontsize=7)
     ih, iw = view.input_size
+    what = "receptive-field centres" if view.points is not None else "no points (global)"
     ax_img.set_title(f"image {view.image_size[0]}×{view.image_size[1]} (layer input {ih}×{iw}): "
-                     "receptive-field centres", fontsize=9)
+                     f"{what}", fontsize=9)
     ax_feat.set_title(f"output {ho}×{wo} (mean over channels), stride "
                       f"{view.stride[0]}×{view.stride[1]}", fontsize=9)
     for ax in (ax_img, ax_feat):
