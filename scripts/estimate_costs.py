@@ -82,13 +82,33 @@ def gpu_hours(row: dict, gpu: str) -> tuple[float, float]:
     return (flops / (PEAK_BF16[gpu] * hi) / 3600, flops / (PEAK_BF16[gpu] * lo) / 3600)
 
 
+def eight_gpu_wall(rows: list[dict], gpu: str) -> tuple[float, float]:
+    """Wall hours of a table's runs on one 8-GPU machine (assumed scheduling).
+
+    ImageNet: one run after another, each on 8 GPUs with DDP at a scaling efficiency of
+    0.9 (low) to 0.7 (high). CIFAR-100: up to 8 independent single-GPU runs side by side,
+    ``ceil(runs / 8)`` rounds, each as long as its longest run.
+    """
+    lo = hi = 0.0
+    cifar = [r for r in rows if r["dataset"] == "cifar100"]
+    for r in rows:
+        if r["dataset"] != "cifar100":
+            a, b = gpu_hours(r, gpu)
+            lo, hi = lo + a / (8 * 0.9), hi + b / (8 * 0.7)
+    for i in range(0, len(cifar), 8):
+        chunk = cifar[i:i + 8]
+        lo += max(gpu_hours(r, gpu)[0] for r in chunk)
+        hi += max(gpu_hours(r, gpu)[1] for r in chunk)
+    return lo, hi
+
+
 def table_of(path: str) -> int:
     return int(re.search(r"table(\d+)_", path).group(1))
 
 
 def fmt_h(lo: float, hi: float) -> str:
     def one(v: float) -> str:
-        return f"{v:.1f}" if v < 10 else f"{v:.0f}"
+        return f"{v:.2f}" if v < 1 else f"{v:.1f}" if v < 10 else f"{v:.0f}"
     return f"{one(lo)}–{one(hi)}"
 
 
@@ -102,15 +122,18 @@ def render(rows: list[dict]) -> str:
                    f"{r['side']}² | {r['epochs']} | {r['params'] / 1e6:.2f}M | "
                    f"{r['madds_eval'] / 1e9:.3f} | {r['madds_train'] / 1e9:.3f} | "
                    f"{run_flops(r) / 1e15:.0f} | {fmt_h(*a)} | {fmt_h(*h)} |")
-    out += ["", "| table | runs | A100 GPU-h (all runs) | H100 GPU-h (all runs) |",
-            "|---|---|---|---|"]
+    out += ["", "| table | runs | 1 GPU: A100 h | 1 GPU: H100 h | 8 GPUs: A100 h (wall) | "
+            "8 GPUs: H100 h (wall) |", "|---|---|---|---|---|---|"]
     per: dict[int, list[dict]] = defaultdict(list)
     for r in rows:
         per[table_of(r["config"])].append(r)
     for t in sorted(per):
-        a = [sum(gpu_hours(r, "A100")[i] for r in per[t]) for i in (0, 1)]
-        h = [sum(gpu_hours(r, "H100")[i] for r in per[t]) for i in (0, 1)]
-        out.append(f"| {t} | {len(per[t])} | {fmt_h(*a)} | {fmt_h(*h)} |")
+        cells = [str(len(per[t]))]
+        for gpu in ("A100", "H100"):
+            cells.append(fmt_h(*(sum(gpu_hours(r, gpu)[i] for r in per[t]) for i in (0, 1))))
+        for gpu in ("A100", "H100"):
+            cells.append(fmt_h(*eight_gpu_wall(per[t], gpu)))
+        out.append(f"| {t} | " + " | ".join(cells) + " |")
     return "\n".join(out) + "\n"
 
 
@@ -119,7 +142,16 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--markdown", default=None, help="also write the tables to this file")
     p.add_argument("--json", default=None, help="also write the profiled rows as JSON")
     p.add_argument("--tables", type=int, nargs="+", default=None)
+    p.add_argument("--from-json", default=None, help="render rows saved by --json (no profiling)")
     args = p.parse_args(argv)
+    if args.from_json:
+        import json
+
+        text = render(json.loads(Path(args.from_json).read_text()))
+        print(text)
+        if args.markdown:
+            Path(args.markdown).write_text(text)
+        return 0
     paths = sorted((ROOT / "configs").glob("cifar100/*.yaml")) + sorted(
         (ROOT / "configs").glob("imagenet/*.yaml"))
     paths = sorted(paths, key=lambda q: (table_of(q.name), q.name))
