@@ -296,3 +296,14 @@ def test_cli_checkpoint_and_dataset_image(tmp_path, capsys) -> None:
     rc = cli_main(["visualize", "--checkpoint", str(ckpt), "--dataset", "synthetic",
                    "--layer", "fc", "--out-dir", str(tmp_path / "vis")])
     assert rc == 2 and "'fc' is not an A2D2Conv2d" in capsys.readouterr().err
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_capture_on_cuda_uses_the_cuda_draws() -> None:
+    model = tiny_model().cuda()
+    views = capture_layer_views(model, synthetic_image().cuda(), seed=5)
+    torch.manual_seed(5)
+    p1 = model[3].sample_points(1, (16, 16), "cuda")
+    assert torch.equal(views[0].points, p1[0].cpu())
+    assert views[0].feature.device.type == "cpu" and views[0].attention.device.type == "cpu"
+    torch.testing.assert_close(views[0].attention.sum(0), torch.ones(6))
