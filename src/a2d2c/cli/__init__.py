@@ -17,11 +17,13 @@ __all__ = ["COMMANDS", "main"]
 # command name -> (module, one-line help)
 COMMANDS: dict[str, tuple[str, str]] = {
     "demo": ("a2d2c.cli.demo", "run the layer on random data and print what it computed"),
-    "detect": ("a2d2c.cli.detect", "Mask R-CNN + FPN on COCO: train, eval, profile, make-shapes"),
-    "profile": ("a2d2c.cli.profile", "parameters and MAdds of a model, or of the paper's tables"),
     "train": ("a2d2c.cli.train", "train a registered model with a YAML recipe (no arguments: "
               "the offline Fashion-MNIST default)"),
     "eval": ("a2d2c.cli.eval", "evaluate a checkpoint on its dataset's validation split"),
+    "profile": ("a2d2c.cli.profile", "parameters and MAdds of a model, or of the paper's tables"),
+    "detect": ("a2d2c.cli.detect", "Mask R-CNN + FPN on COCO: train, eval, profile, make-shapes"),
+    "visualize": ("a2d2c.cli.visualize", "sampled points, feature maps and kernel attention of "
+                  "A2D2Conv2d layers as PNG (the paper's Fig. 4)"),
 }
 
 

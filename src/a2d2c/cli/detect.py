@@ -1,9 +1,9 @@
 """``a2d2c detect``: Mask R-CNN + FPN on COCO-format data (train, eval, profile, make-shapes).
 
-    a2d2c detect train --config configs/detection/maskrcnn_r50_a2d2c_plus_1x.yaml
+    a2d2c detect train --config configs/detection/maskrcnn_r50_a2d2c_plus_fpn_1x.yaml
     torchrun --nproc_per_node 8 -m a2d2c detect train --config ...   # DDP
     a2d2c detect eval --checkpoint runs/detection/x/checkpoint.pth
-    a2d2c detect profile --config configs/detection/maskrcnn_r50_1x.yaml
+    a2d2c detect profile --config configs/detection/maskrcnn_r50_fpn_1x.yaml
     a2d2c detect make-shapes --out data/shapes                     # the synthetic dataset
 """
 

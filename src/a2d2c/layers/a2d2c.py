@@ -309,6 +309,29 @@ class A2D2Conv2d(TemperatureMixin):
         tau = self.temperature.to(z.dtype)
         return torch.softmax(z / tau, dim=2).mean(1)
 
+    def attention(self, x: Tensor, points: Tensor | None = None) -> Tensor:
+        """The attention ``π (B, K, O)`` that ``forward(x, points)`` mixes the kernels with.
+
+        Runs one forward pass and returns the π it computed (softmax over the K kernels,
+        averaged over the N draws; it sums to 1 over K). With ``points=None`` the
+        positions are sampled as :meth:`forward` samples them, so in ``random`` mode pass
+        explicit ``points`` (e.g. from :meth:`sample_points`) to know which were used.
+        """
+        captured: list[Tensor] = []
+        compute = self._attention
+
+        def capture(pbar: Tensor) -> Tensor:
+            pi = compute(pbar)
+            captured.append(pi)
+            return pi
+
+        self.__dict__["_attention"] = capture  # shadows the method for this call only
+        try:
+            self.forward(x, points)
+        finally:
+            del self.__dict__["_attention"]
+        return captured[-1]
+
     def _acc_dtype(self) -> torch.dtype:
         return torch.promote_types(self.weight.dtype, torch.float32)
 
