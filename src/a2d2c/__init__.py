@@ -15,6 +15,7 @@ from .layers import (
     list_conv_layers,
     register_conv_layer,
 )
+from .models import create_model, list_models, register_model
 from .temperature import TemperatureScheduler, get_temperature, set_temperature
 
 __version__ = "0.1.0"
@@ -27,9 +28,12 @@ __all__ = [
     "__version__",
     "convert",
     "create_conv2d",
+    "create_model",
     "get_conv_layer",
     "get_temperature",
     "list_conv_layers",
+    "list_models",
     "register_conv_layer",
+    "register_model",
     "set_temperature",
 ]

@@ -17,6 +17,9 @@ __all__ = ["COMMANDS", "main"]
 # command name -> (module, one-line help)
 COMMANDS: dict[str, tuple[str, str]] = {
     "demo": ("a2d2c.cli.demo", "run the layer on random data and print what it computed"),
+    "train": ("a2d2c.cli.train", "train a registered model with a YAML recipe (no arguments: "
+              "the offline Fashion-MNIST default)"),
+    "eval": ("a2d2c.cli.eval", "evaluate a checkpoint on its dataset's validation split"),
 }
 
 
@@ -43,7 +46,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     module = importlib.import_module(COMMANDS[name][0])
     cmd_parser = argparse.ArgumentParser(prog=f"a2d2c {name}", description=COMMANDS[name][1])
     module.add_arguments(cmd_parser)
-    return int(module.main(cmd_parser.parse_args(rest)) or 0)
+    if getattr(module, "ACCEPTS_OVERRIDES", False):
+        # `--section.key value` pairs the command's parser does not know become overrides
+        args, extra = cmd_parser.parse_known_args(rest)
+        args.overrides = extra
+    else:
+        args = cmd_parser.parse_args(rest)
+    return int(module.main(args) or 0)
 
 
 if __name__ == "__main__":

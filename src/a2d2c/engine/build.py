@@ -1,0 +1,97 @@
+"""Builders from a :class:`~a2d2c.engine.config.Config`: model, optimizer, LR schedule."""
+
+from __future__ import annotations
+
+import bisect
+import math
+from collections.abc import Callable
+from typing import Any
+
+import torch
+from torch import nn
+
+from .config import Config, OptimConfig, ScheduleConfig
+
+__all__ = ["build_model", "build_optimizer", "list_model_names", "lr_factor_fn"]
+
+
+# --- model registry access ---------------------------------------------------------
+# TODO(models branch): replace the stand-in with ``from ..models import create_model,
+# list_models`` once it is merged; everything else goes through these two functions.
+def _standin_create_model(name: str, *, num_classes: int = 1000, in_chans: int = 3,
+                          stem: str = "imagenet", num_kernels: int = 4,
+                          conv_kwargs: dict[str, Any] | None = None) -> nn.Module:
+    import torchvision
+
+    from ..convert import convert
+
+    net = torchvision.models.resnet18(num_classes=num_classes)
+    if stem == "cifar" or in_chans != 3:
+        net.conv1 = nn.Conv2d(in_chans, 64, 3 if stem == "cifar" else 7,
+                              1 if stem == "cifar" else 2, 1 if stem == "cifar" else 3,
+                              bias=False)
+        if stem == "cifar":
+            net.maxpool = nn.Identity()
+    if name != "resnet18":
+        impl = "plus" if name.endswith("_plus") else "kernel"
+        convert(net, "3x3", num_kernels=num_kernels, impl=impl, **(conv_kwargs or {}))
+    return net
+
+
+_STANDIN_NAMES = ("resnet18", "resnet18_a2d2c", "resnet18_a2d2c_plus")
+
+
+def _registry() -> tuple[Callable[..., nn.Module], Callable[[], list[str]]]:
+    return _standin_create_model, lambda: list(_STANDIN_NAMES)
+
+
+def list_model_names() -> list[str]:
+    """Every registered model name."""
+    return list(_registry()[1]())
+
+
+def build_model(cfg: Config, num_classes: int, in_chans: int) -> nn.Module:
+    """``create_model(cfg.model.name, num_classes=..., in_chans=..., **cfg.model.kwargs)``."""
+    create = _registry()[0]
+    return create(cfg.model.name, num_classes=num_classes, in_chans=in_chans,
+                  **cfg.model.kwargs)
+
+
+# --- optimisation ------------------------------------------------------------------
+def build_optimizer(model: nn.Module, cfg: OptimConfig) -> torch.optim.Optimizer:
+    params = [p for p in model.parameters() if p.requires_grad]
+    if cfg.name == "sgd":
+        return torch.optim.SGD(params, lr=cfg.lr, momentum=cfg.momentum,
+                               weight_decay=cfg.weight_decay, nesterov=cfg.nesterov)
+    if cfg.name == "adamw":
+        return torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+    raise ValueError(f"optim.name={cfg.name!r}: choose sgd or adamw")
+
+
+def lr_factor_fn(cfg: ScheduleConfig, epochs: int, steps_per_epoch: int,
+                 base_lr: float) -> Callable[[int], float]:
+    """The LR multiplier as a function of the global step (a ``LambdaLR`` lambda).
+
+    * ``step``: ``gamma ** (number of milestones <= epoch)``, changing at epoch
+      boundaries (the paper's schedule: ×0.1 at fixed epochs);
+    * ``cosine``: per iteration from 1 to ``min_lr / base_lr`` after the warm-up;
+    * ``constant``.
+    A linear warm-up over ``warmup_epochs`` (per iteration, from ``warmup_factor``) is
+    applied first when set.
+    """
+    warm = cfg.warmup_epochs * steps_per_epoch
+    total = epochs * steps_per_epoch
+    milestones = sorted(cfg.milestones)
+    floor = cfg.min_lr / base_lr
+
+    def factor(step: int) -> float:
+        if step < warm:
+            return cfg.warmup_factor + (1 - cfg.warmup_factor) * step / warm
+        if cfg.name == "step":
+            return cfg.gamma ** bisect.bisect_right(milestones, step // steps_per_epoch)
+        if cfg.name == "cosine":
+            t = min((step - warm) / max(total - warm, 1), 1.0)
+            return floor + (1 - floor) * 0.5 * (1 + math.cos(math.pi * t))
+        return 1.0
+
+    return factor

@@ -1,0 +1,192 @@
+"""Checkpoints: atomic writes, safe loads, RNG states, released weights.
+
+A checkpoint is a dict of tensors and primitive containers only, so it loads with
+``torch.load(weights_only=True)`` (no pickled code runs on load)::
+
+    {"format": "a2d2c-checkpoint", "version": 1,
+     "model_name": str, "model": state_dict (unwrapped: no "module." / "_orig_mod."),
+     "optimizer", "lr_scheduler", "temperature", "scaler": state dicts,
+     "epoch": int, "step_in_epoch": int, "global_step": int,
+     "rng": {"python", "numpy", "torch", "cuda"}, "config": resolved config dict,
+     "metrics": dict, "best_top1": float}
+
+``epoch``/``step_in_epoch`` say where training continues: ``(e, 0)`` after epoch ``e-1``
+finished, ``(e, s)`` when interrupted after ``s`` steps of epoch ``e``.
+
+Writes go to a temporary file in the same folder, are flushed to disk and then
+renamed over the target (``os.replace``), so a crash mid-write never leaves a
+truncated ``last.pt``. The previous ``last.pt`` is kept as ``last.prev.pt``.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import pickle
+import random
+import shutil
+import zipfile
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+__all__ = [
+    "CheckpointError",
+    "capture_rng_state",
+    "load_checkpoint",
+    "restore_rng_state",
+    "save_checkpoint",
+    "save_safetensors",
+    "unwrap_model",
+]
+
+FORMAT = "a2d2c-checkpoint"
+
+
+class CheckpointError(RuntimeError):
+    """A checkpoint that cannot be read, or that does not fit the model."""
+
+
+def unwrap_model(model: nn.Module) -> nn.Module:
+    """The plain module under DDP and ``torch.compile`` wrappers (what gets saved)."""
+    while True:
+        if hasattr(model, "_orig_mod"):
+            model = model._orig_mod
+        elif isinstance(model, nn.parallel.DistributedDataParallel):
+            model = model.module
+        else:
+            return model
+
+
+def capture_rng_state() -> dict[str, Any]:
+    """Python, NumPy, torch (CPU) and CUDA RNG states, as tensors and primitives."""
+    py_version, py_state, py_gauss = random.getstate()
+    np_state = np.random.get_state()
+    state: dict[str, Any] = {
+        "python": [py_version, list(py_state), py_gauss],
+        "numpy": {"keys": torch.from_numpy(np_state[1].astype(np.int64)), "pos": int(np_state[2]),
+                  "has_gauss": int(np_state[3]), "cached_gaussian": float(np_state[4])},
+        "torch": torch.get_rng_state(),
+    }
+    if torch.cuda.is_available() and torch.cuda.is_initialized():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def restore_rng_state(state: dict[str, Any]) -> None:
+    version, py_state, gauss = state["python"]
+    random.setstate((version, tuple(py_state), gauss))
+    n = state["numpy"]
+    np.random.set_state(("MT19937", n["keys"].numpy().astype(np.uint32), n["pos"],
+                         n["has_gauss"], n["cached_gaussian"]))
+    torch.set_rng_state(state["torch"])
+    if "cuda" in state and torch.cuda.is_available():
+        cuda = state["cuda"]
+        if len(cuda) == torch.cuda.device_count():
+            torch.cuda.set_rng_state_all(cuda)
+        else:  # one state per process in DDP: restore the current device's
+            torch.cuda.set_rng_state(cuda[0])
+
+
+def save_checkpoint(state: dict[str, Any], path: str | os.PathLike, *,
+                    keep_previous: bool = True) -> Path:
+    """Write ``state`` to ``path`` atomically; the old file (if any) becomes ``*.prev.pt``."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
+    try:
+        with open(tmp, "wb") as f:
+            torch.save(state, f)
+            f.flush()
+            os.fsync(f.fileno())
+        if keep_previous and path.exists():
+            prev = path.with_name(path.stem + ".prev" + path.suffix)
+            prev_tmp = prev.with_name(f".{prev.name}.tmp{os.getpid()}")
+            try:
+                os.link(path, prev_tmp)
+            except OSError:  # file systems without hard links
+                shutil.copy2(path, prev_tmp)
+            os.replace(prev_tmp, prev)
+        os.replace(tmp, path)
+    finally:
+        if tmp.exists():
+            tmp.unlink()
+    return path
+
+
+def load_checkpoint(path: str | os.PathLike, map_location: Any = "cpu") -> dict[str, Any]:
+    """Load a checkpoint written by :func:`save_checkpoint` (``weights_only=True``).
+
+    Raises :class:`CheckpointError` with the path and the cause when the file is missing,
+    truncated, corrupt or not an a2d2c checkpoint.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"checkpoint not found: {path}")
+    prev = path.with_name(path.stem + ".prev" + path.suffix)
+    hint = f"; the previous checkpoint {prev} is intact, resume from it" if prev.is_file() else ""
+    try:
+        state = torch.load(path, map_location=map_location, weights_only=True)
+    except (RuntimeError, EOFError, OSError, zipfile.BadZipFile, pickle.UnpicklingError,
+            ValueError) as e:
+        raise CheckpointError(f"checkpoint {path} is truncated or corrupt and cannot be read "
+                              f"({type(e).__name__}: {str(e).splitlines()[0][:200]}){hint}"
+                              ) from None
+    if not isinstance(state, dict) or state.get("format") != FORMAT:
+        raise CheckpointError(f"{path} is not an a2d2c training checkpoint (no "
+                              f"'format': {FORMAT!r} entry){hint}")
+    return state
+
+
+def load_model_state(model: nn.Module, state: dict[str, Any], *, source: str = "checkpoint",
+                     expected_name: str | None = None) -> None:
+    """Load ``state["model"]`` into ``model`` strictly, with a clear architecture error."""
+    name = state.get("model_name")
+    if expected_name is not None and name is not None and name != expected_name:
+        raise CheckpointError(f"{source} holds weights of model {name!r}, but the config builds "
+                              f"{expected_name!r}; use a matching model.name")
+    own = unwrap_model(model).state_dict()
+    theirs = state["model"]
+    missing = sorted(set(own) - set(theirs))
+    unexpected = sorted(set(theirs) - set(own))
+    shapes = sorted(k for k in set(own) & set(theirs) if own[k].shape != theirs[k].shape)
+    if missing or unexpected or shapes:
+        def show(keys: list[str]) -> str:
+            return ", ".join(keys[:4]) + (f" (+{len(keys) - 4} more)" if len(keys) > 4 else "")
+
+        parts = []
+        if missing:
+            parts.append(f"{len(missing)} missing ({show(missing)})")
+        if unexpected:
+            parts.append(f"{len(unexpected)} unexpected ({show(unexpected)})")
+        if shapes:
+            k = shapes[0]
+            parts.append(f"{len(shapes)} with other shapes (e.g. {k}: checkpoint "
+                         f"{tuple(theirs[k].shape)} vs model {tuple(own[k].shape)})")
+        raise CheckpointError(f"{source} (model {name!r}) does not fit this model: "
+                              + "; ".join(parts) + " — it was written for another architecture "
+                              "or other model options")
+    unwrap_model(model).load_state_dict(theirs)
+
+
+def save_safetensors(model: nn.Module | dict[str, torch.Tensor], path: str | os.PathLike,
+                     metadata: dict[str, Any] | None = None) -> Path | None:
+    """Release the weights as ``.safetensors`` (metadata as JSON strings).
+
+    Returns ``None`` (and writes nothing) when the ``safetensors`` package is missing.
+    """
+    try:
+        from safetensors.torch import save_file
+    except ImportError:
+        return None
+    path = Path(path)
+    sd = unwrap_model(model).state_dict() if isinstance(model, nn.Module) else model
+    tensors = {k: v.detach().cpu().contiguous().clone() for k, v in sd.items()}
+    meta = {k: v if isinstance(v, str) else json.dumps(v) for k, v in (metadata or {}).items()}
+    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
+    save_file(tensors, str(tmp), metadata=meta)
+    os.replace(tmp, path)
+    return path

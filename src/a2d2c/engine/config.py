@@ -1,0 +1,434 @@
+"""The run configuration: YAML recipe → CLI overrides → validated dataclasses → saved YAML.
+
+One :class:`Config` object describes a run; builders read it and nothing else::
+
+    cfg = load_config("configs/cifar100/table1_resnet18_a2d2c_plus.yaml",
+                      overrides=["--optim.lr", "0.1", "--train.epochs=2"])
+    save_config(cfg, "runs/x/config.yaml")     # the resolved config, beside the run
+
+* A recipe may include others with ``_base_: path`` (or a list of paths), relative to
+  the including file; later files and then overrides win, dictionaries merge key by key.
+* Overrides are ``--section.key value`` or ``--section.key=value`` pairs; values are
+  parsed as YAML (``0.1``, ``true``, ``[30, 60, 90]``, ``null``, ``{num_kernels: 8}``);
+  ``--model.kwargs.num_kernels 8`` sets one entry of a dict field.
+* Unknown keys, wrongly typed values and invalid combinations raise
+  :class:`ConfigError` naming the key, the value and what is allowed — before any data
+  is read or model built.
+"""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+import difflib
+import itertools
+import os
+import types
+import typing
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+__all__ = [
+    "Config",
+    "ConfigError",
+    "DataConfig",
+    "ModelConfig",
+    "OptimConfig",
+    "ScheduleConfig",
+    "TemperatureConfig",
+    "TrainConfig",
+    "config_from_dict",
+    "config_to_dict",
+    "load_config",
+    "load_yaml_recipe",
+    "parse_overrides",
+    "save_config",
+    "validate_config",
+]
+
+
+class ConfigError(ValueError):
+    """An invalid configuration (unknown key, wrong type, impossible combination)."""
+
+
+@dataclass
+class ModelConfig:
+    #: a registered model name (``a2d2c.list_models()``)
+    name: str = "resnet18_a2d2c"
+    #: keyword overrides for ``a2d2c.create_model`` (num_kernels, conv_kwargs, stem, ...)
+    kwargs: dict[str, Any] = field(default_factory=dict)
+    #: convert BatchNorm to SyncBatchNorm when training on several processes
+    sync_bn: bool = False
+
+
+@dataclass
+class DataConfig:
+    #: a registered dataset (``a2d2c.data.list_datasets()``)
+    name: str = "fashion_mnist"
+    #: dataset folder (default: ``data/`` for CIFAR-100, Debian's folder for Fashion-MNIST)
+    root: str | None = None
+    #: fetch missing data with torchvision (needs internet)
+    download: bool = False
+    #: global training batch size (split over processes)
+    batch_size: int = 128
+    #: global evaluation batch size (default: batch_size)
+    eval_batch_size: int | None = None
+    #: loader worker processes per training process
+    workers: int = 0
+    #: random crop + flip on the training split
+    augment: bool = True
+    #: side of the images the model sees (default: the dataset's own)
+    img_size: int | None = None
+    #: ImageNet: resize before cropping (default: img_size * 256 / 224)
+    resize: int | None = None
+    #: ImageNet: resize to resize × resize instead of the shorter side to resize
+    square_resize: bool = False
+    #: use this many training images (a fixed random subset); synthetic: generate this many
+    train_samples: int | None = None
+    #: the same for the evaluation split
+    val_samples: int | None = None
+    #: seed of the subsets (fixed, so that runs with different seeds see the same images)
+    subset_seed: int = 0
+    #: synthetic only: number of classes and input channels
+    num_classes: int | None = None
+    in_chans: int | None = None
+
+
+@dataclass
+class OptimConfig:
+    name: str = "sgd"  # sgd | adamw
+    lr: float = 0.0625
+    momentum: float = 0.9
+    nesterov: bool = False
+    weight_decay: float = 1e-4
+    label_smoothing: float = 0.0
+    #: clip the global gradient norm to this value (null: no clipping)
+    clip_grad_norm: float | None = None
+
+
+@dataclass
+class ScheduleConfig:
+    name: str = "step"  # step | cosine | constant
+    #: step: epochs at which the LR is multiplied by gamma
+    milestones: list[int] = field(default_factory=lambda: [30, 60, 90])
+    gamma: float = 0.1
+    #: linear warm-up from warmup_factor * lr over this many epochs (per iteration)
+    warmup_epochs: float = 0.0
+    warmup_factor: float = 0.01
+    #: cosine: the final learning rate
+    min_lr: float = 0.0
+
+
+@dataclass
+class TemperatureConfig:
+    start: float = 30.0
+    end: float = 1.0
+    anneal_epochs: float = 10.0
+
+
+@dataclass
+class TrainConfig:
+    epochs: int = 100
+    seed: int = 0
+    #: auto (cuda when available) | cpu | cuda | cuda:N
+    device: str = "auto"
+    #: none | bf16 | fp16 (fp16 uses a GradScaler; CUDA only)
+    amp: str = "none"
+    channels_last: bool = False
+    compile: bool = False
+    #: where checkpoints, metrics and the resolved config go
+    output_dir: str = "runs/default"
+    #: evaluate every this many epochs (and always after the last)
+    eval_every: int = 1
+    #: also write a mid-epoch checkpoint every this many steps (0: only at epoch ends)
+    checkpoint_every: int = 0
+    progress: bool = True
+    tensorboard: bool = False
+    #: CPU threads per process (0: leave torch's default)
+    threads: int = 0
+
+
+@dataclass
+class Config:
+    model: ModelConfig = field(default_factory=ModelConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    schedule: ScheduleConfig = field(default_factory=ScheduleConfig)
+    temperature: TemperatureConfig = field(default_factory=TemperatureConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+
+
+# ------------------------------------------------------------------------------ YAML
+def _merge(base: dict[str, Any], update: Mapping[str, Any]) -> dict[str, Any]:
+    out = dict(base)
+    for k, v in update.items():
+        if isinstance(v, Mapping) and isinstance(out.get(k), dict):
+            out[k] = _merge(out[k], v)
+        else:
+            out[k] = copy.deepcopy(v)
+    return out
+
+
+def load_yaml_recipe(path: str | os.PathLike, _seen: tuple[Path, ...] = ()) -> dict[str, Any]:
+    """Read a YAML recipe, resolving ``_base_`` includes (relative to the file)."""
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"config file not found: {path}")
+    if path.resolve() in _seen:
+        raise ConfigError(f"circular _base_ include: {' -> '.join(map(str, _seen))} -> {path}")
+    try:
+        data = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as e:
+        raise ConfigError(f"{path} is not valid YAML: {e}") from None
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path} must hold a mapping at the top level, got {type(data).__name__}")
+    bases = data.pop("_base_", [])
+    bases = [bases] if isinstance(bases, str) else bases
+    merged: dict[str, Any] = {}
+    for b in bases:
+        merged = _merge(merged, load_yaml_recipe(path.parent / b, (*_seen, path.resolve())))
+    return _merge(merged, data)
+
+
+def parse_overrides(args: Sequence[str]) -> dict[str, Any]:
+    """``["--a.b", "1", "--c=x"]`` → ``{"a": {"b": 1}, "c": "x"}`` (values parsed as YAML)."""
+    out: dict[str, Any] = {}
+    items = list(args)
+    i = 0
+    while i < len(items):
+        tok = items[i]
+        if not tok.startswith("--") or len(tok) == 2:
+            raise ConfigError(f"expected an option --section.key, got {tok!r}")
+        key = tok[2:]
+        if "=" in key:
+            key, raw = key.split("=", 1)
+            i += 1
+        else:
+            if i + 1 >= len(items) or items[i + 1].startswith("--"):
+                raise ConfigError(f"option --{key} needs a value")
+            raw = items[i + 1]
+            i += 2
+        key = key.replace("-", "_")
+        try:
+            value = yaml.safe_load(raw)
+        except yaml.YAMLError:
+            value = raw
+        node = out
+        parts = key.split(".")
+        for p in parts[:-1]:
+            node = node.setdefault(p, {})
+            if not isinstance(node, dict):
+                raise ConfigError(f"option --{key} conflicts with an earlier option")
+        node[parts[-1]] = value
+    return out
+
+
+# ------------------------------------------------------------------- dict <-> dataclass
+def _type_ok(value: Any, tp: Any) -> tuple[bool, Any]:
+    """Check (and gently coerce: int → float) ``value`` against a type annotation."""
+    origin = typing.get_origin(tp)
+    if tp is Any:
+        return True, value
+    if origin in (typing.Union, types.UnionType):
+        for arg in typing.get_args(tp):
+            ok, v = _type_ok(value, arg)
+            if ok:
+                return True, v
+        return False, value
+    if tp is type(None):
+        return value is None, value
+    if tp is bool:
+        return isinstance(value, bool), value
+    if tp is int:
+        return isinstance(value, int) and not isinstance(value, bool), value
+    if tp is float:
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return True, float(value)
+        return False, value
+    if tp is str:
+        return isinstance(value, str), value
+    if origin is list:
+        if not isinstance(value, (list, tuple)):
+            return False, value
+        (arg,) = typing.get_args(tp) or (Any,)
+        out = []
+        for v in value:
+            ok, v = _type_ok(v, arg)
+            if not ok:
+                return False, value
+            out.append(v)
+        return True, out
+    if origin is dict:
+        return isinstance(value, dict), value
+    raise TypeError(f"unsupported annotation {tp!r}")
+
+
+def _describe(tp: Any) -> str:
+    return str(tp).replace("typing.", "")
+
+
+def _build(cls: type, data: Mapping[str, Any], prefix: str) -> Any:
+    hints = typing.get_type_hints(cls)
+    names = [f.name for f in dataclasses.fields(cls)]
+    kwargs: dict[str, Any] = {}
+    for key, value in data.items():
+        dotted = f"{prefix}{key}"
+        if key not in names:
+            close = difflib.get_close_matches(key, names, n=3)
+            hint = f"; did you mean {' or '.join(prefix + c for c in close)}?" if close else ""
+            raise ConfigError(f"unknown config key {dotted!r}{hint} (valid in "
+                              f"{prefix[:-1] or 'the top level'}: {', '.join(names)})")
+        tp = hints[key]
+        if dataclasses.is_dataclass(tp):
+            if not isinstance(value, Mapping):
+                keys = ", ".join(f.name for f in dataclasses.fields(tp))
+                raise ConfigError(f"{dotted} must be a mapping of {keys}, got {value!r}")
+            kwargs[key] = _build(tp, value, dotted + ".")
+            continue
+        ok, coerced = _type_ok(value, tp)
+        if not ok:
+            raise ConfigError(f"{dotted}={value!r} has the wrong type: expected {_describe(tp)}")
+        kwargs[key] = coerced
+    return cls(**kwargs)
+
+
+def config_from_dict(data: Mapping[str, Any]) -> Config:
+    """Build (and type-check) a :class:`Config`; missing keys keep their defaults."""
+    return _build(Config, data, "")
+
+
+def config_to_dict(cfg: Config) -> dict[str, Any]:
+    """Plain nested dict of primitives (what checkpoints store and YAML holds)."""
+    return dataclasses.asdict(cfg)
+
+
+def save_config(cfg: Config, path: str | os.PathLike) -> None:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(yaml.safe_dump(config_to_dict(cfg), sort_keys=False))
+    os.replace(tmp, path)
+
+
+def load_config(path: str | os.PathLike | None = None, overrides: Sequence[str] | Mapping = (),
+                *, validate: bool = True) -> Config:
+    """Recipe file (or defaults) → overrides → :class:`Config`, validated."""
+    data = load_yaml_recipe(path) if path is not None else {}
+    over = parse_overrides(overrides) if not isinstance(overrides, Mapping) else overrides
+    cfg = config_from_dict(_merge(data, over))
+    if validate:
+        validate_config(cfg)
+    return cfg
+
+
+# ----------------------------------------------------------------------- validation
+_CHOICES = {
+    ("optim", "name"): ("sgd", "adamw"),
+    ("schedule", "name"): ("step", "cosine", "constant"),
+    ("train", "amp"): ("none", "bf16", "fp16"),
+}
+
+
+def _fail(key: str, value: Any, allowed: str) -> None:
+    raise ConfigError(f"{key}={value!r} is invalid: {allowed}")
+
+
+def validate_config(cfg: Config, *, check_model: bool = True) -> None:
+    """Check values and combinations; raises :class:`ConfigError`. Reads no data."""
+    from ..data import get_dataset_spec
+
+    for (sec, key), allowed in _CHOICES.items():
+        value = getattr(getattr(cfg, sec), key)
+        if value not in allowed:
+            _fail(f"{sec}.{key}", value, f"choose from {', '.join(allowed)}")
+    try:
+        spec = get_dataset_spec(cfg.data.name)
+    except ValueError as e:
+        raise ConfigError(f"data.name: {e}") from None
+    d = cfg.data
+    for key in ("num_classes", "in_chans", "resize"):
+        if getattr(d, key) is not None and key not in spec.options:
+            _fail(f"data.{key}", getattr(d, key), f"only for datasets that accept it, not "
+                  f"{d.name!r}")
+    if d.square_resize and "square_resize" not in spec.options:
+        _fail("data.square_resize", True, f"only for imagenet, not {d.name!r}")
+    for key in ("batch_size", "eval_batch_size", "train_samples", "val_samples", "img_size",
+                "resize", "num_classes", "in_chans"):
+        v = getattr(d, key)
+        if v is not None and v < 1:
+            _fail(f"data.{key}", v, "must be >= 1")
+    if d.workers < 0:
+        _fail("data.workers", d.workers, "must be >= 0")
+    o = cfg.optim
+    if not o.lr > 0:
+        _fail("optim.lr", o.lr, "must be > 0")
+    if not 0 <= o.momentum < 1:
+        _fail("optim.momentum", o.momentum, "must be in [0, 1)")
+    if o.nesterov and (o.name != "sgd" or o.momentum == 0):
+        _fail("optim.nesterov", True, "needs optim.name=sgd and momentum > 0")
+    if o.weight_decay < 0:
+        _fail("optim.weight_decay", o.weight_decay, "must be >= 0")
+    if not 0 <= o.label_smoothing < 1:
+        _fail("optim.label_smoothing", o.label_smoothing, "must be in [0, 1)")
+    if o.clip_grad_norm is not None and not o.clip_grad_norm > 0:
+        _fail("optim.clip_grad_norm", o.clip_grad_norm, "must be > 0 or null")
+    s, t = cfg.schedule, cfg.train
+    if t.epochs < 1:
+        _fail("train.epochs", t.epochs, "must be >= 1")
+    if s.name == "step":
+        m = s.milestones
+        if any(b <= a for a, b in itertools.pairwise(m)) or any(x < 1 for x in m):
+            _fail("schedule.milestones", m, "must be increasing epochs >= 1")
+    if not 0 < s.gamma <= 1:
+        _fail("schedule.gamma", s.gamma, "must be in (0, 1]")
+    if not 0 <= s.warmup_epochs < t.epochs:
+        _fail("schedule.warmup_epochs", s.warmup_epochs,
+              f"must be in [0, train.epochs={t.epochs})")
+    if not 0 < s.warmup_factor <= 1:
+        _fail("schedule.warmup_factor", s.warmup_factor, "must be in (0, 1]")
+    if not 0 <= s.min_lr < o.lr:
+        _fail("schedule.min_lr", s.min_lr, f"must be in [0, optim.lr={o.lr})")
+    tc = cfg.temperature
+    if not (tc.start > 0 and tc.end > 0):
+        _fail("temperature.start/end", (tc.start, tc.end), "must both be > 0")
+    if tc.anneal_epochs < 0:
+        _fail("temperature.anneal_epochs", tc.anneal_epochs, "must be >= 0")
+    if t.eval_every < 1:
+        _fail("train.eval_every", t.eval_every, "must be >= 1")
+    if t.checkpoint_every < 0:
+        _fail("train.checkpoint_every", t.checkpoint_every, "must be >= 0")
+    if t.threads < 0:
+        _fail("train.threads", t.threads, "must be >= 0")
+    dev = t.device
+    if not (dev in ("auto", "cpu", "cuda") or (dev.startswith("cuda:") and dev[5:].isdigit())):
+        _fail("train.device", dev, "use auto, cpu, cuda or cuda:N")
+    if t.amp == "fp16" and resolve_device_type(dev) != "cuda":
+        _fail("train.amp", "fp16", "fp16 mixed precision needs CUDA; use bf16 on CPU")
+    if check_model:
+        _validate_model(cfg.model)
+
+
+def resolve_device_type(device: str) -> str:
+    if device == "auto":
+        import torch
+
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    return device.split(":")[0]
+
+
+def _validate_model(m: ModelConfig) -> None:
+    from .build import list_model_names
+
+    names = list_model_names()
+    if m.name not in names:
+        close = difflib.get_close_matches(m.name, names, n=3)
+        hint = f"; did you mean {' or '.join(map(repr, close))}?" if close else ""
+        raise ConfigError(f"model.name={m.name!r} is not a registered model{hint} "
+                          f"({len(names)} registered; see a2d2c.list_models())")
+    for bad in ("num_classes", "in_chans"):
+        if bad in m.kwargs:
+            raise ConfigError(f"model.kwargs.{bad} is not allowed: it comes from the dataset")
