@@ -9,6 +9,10 @@ torch.Size([2, 32, 8, 8])
 from .convert import PLACEMENTS, convert
 from .layers import (
     A2D2Conv2d,
+    CondConv2d,
+    DCDConv2d,
+    DynamicConv2d,
+    ODConv2d,
     TemperatureMixin,
     create_conv2d,
     get_conv_layer,
@@ -23,6 +27,10 @@ __version__ = "0.1.0"
 __all__ = [
     "PLACEMENTS",
     "A2D2Conv2d",
+    "CondConv2d",
+    "DCDConv2d",
+    "DynamicConv2d",
+    "ODConv2d",
     "TemperatureMixin",
     "TemperatureScheduler",
     "__version__",
