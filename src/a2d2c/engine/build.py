@@ -5,7 +5,6 @@ from __future__ import annotations
 import bisect
 import math
 from collections.abc import Callable
-from typing import Any
 
 import torch
 from torch import nn
@@ -15,46 +14,20 @@ from .config import Config, OptimConfig, ScheduleConfig
 __all__ = ["build_model", "build_optimizer", "list_model_names", "lr_factor_fn"]
 
 
-# --- model registry access ---------------------------------------------------------
-# TODO(models branch): replace the stand-in with ``from ..models import create_model,
-# list_models`` once it is merged; everything else goes through these two functions.
-def _standin_create_model(name: str, *, num_classes: int = 1000, in_chans: int = 3,
-                          stem: str = "imagenet", num_kernels: int = 4,
-                          conv_kwargs: dict[str, Any] | None = None) -> nn.Module:
-    import torchvision
-
-    from ..convert import convert
-
-    net = torchvision.models.resnet18(num_classes=num_classes)
-    if stem == "cifar" or in_chans != 3:
-        net.conv1 = nn.Conv2d(in_chans, 64, 3 if stem == "cifar" else 7,
-                              1 if stem == "cifar" else 2, 1 if stem == "cifar" else 3,
-                              bias=False)
-        if stem == "cifar":
-            net.maxpool = nn.Identity()
-    if name != "resnet18":
-        impl = "plus" if name.endswith("_plus") else "kernel"
-        convert(net, "3x3", num_kernels=num_kernels, impl=impl, **(conv_kwargs or {}))
-    return net
-
-
-_STANDIN_NAMES = ("resnet18", "resnet18_a2d2c", "resnet18_a2d2c_plus")
-
-
-def _registry() -> tuple[Callable[..., nn.Module], Callable[[], list[str]]]:
-    return _standin_create_model, lambda: list(_STANDIN_NAMES)
-
-
+# --- models: always through the registry (a2d2c.create_model) ----------------------
 def list_model_names() -> list[str]:
     """Every registered model name."""
-    return list(_registry()[1]())
+    from ..models import list_models
+
+    return list_models()
 
 
 def build_model(cfg: Config, num_classes: int, in_chans: int) -> nn.Module:
     """``create_model(cfg.model.name, num_classes=..., in_chans=..., **cfg.model.kwargs)``."""
-    create = _registry()[0]
-    return create(cfg.model.name, num_classes=num_classes, in_chans=in_chans,
-                  **cfg.model.kwargs)
+    from ..models import create_model
+
+    return create_model(cfg.model.name, num_classes=num_classes, in_chans=in_chans,
+                        **cfg.model.kwargs)
 
 
 # --- optimisation ------------------------------------------------------------------

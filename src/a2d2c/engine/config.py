@@ -432,3 +432,13 @@ def _validate_model(m: ModelConfig) -> None:
     for bad in ("num_classes", "in_chans"):
         if bad in m.kwargs:
             raise ConfigError(f"model.kwargs.{bad} is not allowed: it comes from the dataset")
+    from ..models import model_arguments
+
+    accepted = model_arguments(m.name)
+    if accepted is not None:
+        for key in m.kwargs:
+            if key not in accepted:
+                close = difflib.get_close_matches(key, accepted, n=2)
+                hint = f"; did you mean {' or '.join(map(repr, close))}?" if close else ""
+                raise ConfigError(f"model.kwargs.{key} is not an argument of {m.name!r}{hint} "
+                                  f"(it accepts {', '.join(sorted(accepted))})")
