@@ -20,6 +20,8 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "train": ("a2d2c.cli.train", "train a registered model with a YAML recipe (no arguments: "
               "the offline Fashion-MNIST default)"),
     "eval": ("a2d2c.cli.eval", "evaluate a checkpoint on its dataset's validation split"),
+    "study": ("a2d2c.cli.study", "run a named study (variants x seeds, resumable) and write "
+              "its table and plot under results/"),
 }
 
 

@@ -139,7 +139,7 @@ def _flatten(d: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
     out: dict[str, Any] = {}
     for k, v in d.items():
         key = f"{prefix}{k}"
-        if isinstance(v, Mapping) and not key.endswith("kwargs") and v:
+        if isinstance(v, Mapping) and v:
             out.update(_flatten(v, key + "."))
         else:
             out[key] = v
@@ -148,8 +148,10 @@ def _flatten(d: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
 
 def overrides_to_args(overrides: Mapping[str, Any]) -> list[str]:
     """Nested overrides → ``a2d2c train`` arguments (``--section.key=value``)."""
-    return [f"--{k}={yaml.safe_dump(v, default_flow_style=True).strip().removesuffix('...').strip()}"
-            for k, v in _flatten(overrides).items()]
+    def dump(value: Any) -> str:
+        return yaml.safe_dump(value, default_flow_style=True).strip().removesuffix("...").strip()
+
+    return [f"--{k}={dump(v)}" for k, v in _flatten(overrides).items()]
 
 
 def _atomic_write_json(path: Path, data: Any) -> None:
@@ -170,20 +172,15 @@ def _default_train(cfg: Any) -> dict[str, Any]:
 
 
 def _profile(cfg: Any) -> tuple[int, int | None, str]:
-    """Parameters and MAdds (batch 1, eval) of the model a config builds."""
-    import torch
-
+    """Parameters, MAdds (batch 1, eval) and the dynamic forms counted, of a config's model."""
+    from ..data import dataset_info
     from ..engine import build_model
     from ..profiling import count_madds, count_params
 
-    model = build_model(cfg).eval()
-    size = cfg.data.img_size or 28
-    chans = cfg.data.in_chans or 1
-    with torch.no_grad():
-        madds = count_madds(model, (chans, size, size))
-    form = ", ".join(sorted({getattr(m, "resolve_impl", lambda s: "")((1, 1, 1, 1)) or ""
-                             for m in model.modules() if hasattr(m, "resolve_impl")} - {""}))
-    return count_params(model), int(madds), form
+    info = dataset_info(cfg.data)
+    model = build_model(cfg, info.num_classes, info.in_chans)
+    report = count_madds(model, (info.in_chans, info.img_size, info.img_size))
+    return count_params(model), int(report.madds), report.summary()
 
 
 def _epoch_times(run_dir: Path) -> list[float]:
