@@ -17,7 +17,7 @@ from torch import nn
 from torch.utils._python_dispatch import TorchDispatchMode
 
 import a2d2c
-from a2d2c import CondConv2d, DCDConv2d, DynamicConv2d, ODConv2d
+from a2d2c import CondConv2d, DCDConv2d, DCDLinear, DynamicConv2d, ODConv2d
 from a2d2c.layers._dynamic_functional import omni_aggregated_conv2d
 from a2d2c.layers.dcd import dcd_latent_dim
 
@@ -124,7 +124,8 @@ def oracle_dcd(layer, x):
         kernel = lam[:, None, None, None] * layer.weight
         residual = torch.zeros(o_n, c_n, kh, kw, dtype=x.dtype)
         residual[:, :, (kh - 1) // 2, (kw - 1) // 2] = layer.p @ phi @ layer.q
-        out.append(F.conv2d(xp[b:b + 1], kernel + residual, layer.bias, layer.stride, pad,
+        bias = None if layer.bias is None else lam * layer.bias  # the static filter's bias
+        out.append(F.conv2d(xp[b:b + 1], kernel + residual, bias, layer.stride, pad,
                             layer.dilation))
     return torch.cat(out)
 
@@ -458,3 +459,37 @@ def test_dcd_latent_dimension_rules():
     assert [dcd_latent_dim(c, "sqrt", 2) for c in (64, 128, 256, 512)] == [16, 22, 32, 45]
     assert dcd_latent_dim(256, "sqrt", 1) == 16 and dcd_latent_dim(100, 7) == 7
     assert math.isqrt(4 * 512) == 45
+
+
+# --------------------------------------------------------------------------- DCD classifier
+def test_dcd_linear_matches_formula_and_counts():
+    torch.manual_seed(0)
+    c, o, lat, h = 12, 7, 5, 6
+    layer = DCDLinear(c, o, latent_dim=lat, hidden=h, dtype=torch.float64)
+    with torch.no_grad():
+        for fc in (layer.fc, layer.fc_se, layer.fc_phi, layer.fc_scale):
+            fc.weight.mul_(3.0)
+    x = torch.randn(3, c, dtype=torch.float64, requires_grad=True)
+    hsig = lambda z: torch.clamp(z + 3, 0, 6) / 3  # noqa: E731
+    rows = []
+    for b in range(3):  # W(x) = Λ(x) W0 + P Φ(x) Qᵀ per sample, bias scaled by Λ
+        s = layer.fc.weight @ x[b]
+        s = s * hsig(layer.fc_se.weight @ s)
+        phi = (layer.fc_phi.weight @ s).view(lat, lat) + torch.eye(lat, dtype=x.dtype)
+        lam = hsig(layer.fc_scale.weight @ s)
+        w = lam[:, None] * layer.weight + layer.p @ phi @ layer.q
+        rows.append(w @ x[b] + lam * layer.bias)
+    ref = torch.stack(rows)
+    y = layer(x)
+    torch.testing.assert_close(y, ref, rtol=1e-10, atol=1e-10)
+    params = list(layer.parameters())
+    g = torch.randn_like(y)
+    for got, want in zip(torch.autograd.grad(y, [x, *params], g),
+                         torch.autograd.grad(ref, [x, *params], g), strict=True):
+        torch.testing.assert_close(got, want, rtol=1e-9, atol=1e-10)
+    layer(torch.randn(1, c, dtype=torch.float64)).sum().backward()  # batch size 1 trains
+    # the authors' ResNet-18 classifier: 512 → 1000, L = h = 32
+    assert _count(DCDLinear(512, 1000)) == (
+        512 * 1000 + 1000 + 32 * 512 + 1000 * 32 + 512 * 32 + 32 * 32 + 32 * 32 * 32 + 32 * 1000)
+    with pytest.raises(ValueError, match=r"expects input of shape \(B, 512\)"):
+        DCDLinear(512, 10)(torch.randn(2, 256))

@@ -22,7 +22,8 @@ CONV_TYPES = a2d2c.list_conv_layers()
 
 
 def _build(conv_type: str, dtype: torch.dtype) -> torch.nn.Module:
-    kwargs = {} if conv_type == "static" else {"num_kernels": 4}
+    # static and DCD have no K (DCD: one static kernel plus a dynamic residual)
+    kwargs = {} if conv_type in ("static", "dcd") else {"num_kernels": 4}
     torch.manual_seed(0)
     layer = a2d2c.create_conv2d(conv_type, 16, 24, 3, stride=2, padding=1, **kwargs)
     return layer.to(dtype)

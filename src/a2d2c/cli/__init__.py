@@ -22,6 +22,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "eval": ("a2d2c.cli.eval", "evaluate a checkpoint on its dataset's validation split"),
     "study": ("a2d2c.cli.study", "run a named study (variants x seeds, resumable) and write "
               "its table and plot under results/"),
+    "profile": ("a2d2c.cli.profile", "parameters and MAdds of a model, or of the paper's tables"),
 }
 
 

@@ -31,7 +31,7 @@ function of one sample and ``W(x)`` would stop being a per-sample kernel in trai
 they are left out (4L parameters per layer fewer). Nothing else normalises, so batch
 size 1 works in training.
 
-**Computation** (exact, no per-sample loop): ``y = Λ ⊙ conv(x, W0) + P(Φ(Qᵀ x_c)) + b``,
+**Computation** (exact, no per-sample loop): ``y = Λ ⊙ (conv(x, W0) + b) + P(Φ(Qᵀ x_c))``,
 where ``x_c`` is the input under the centre tap of every output position (a strided
 slice), ``Φ`` applied per sample as a batched matrix product in the latent space.
 """
@@ -55,7 +55,7 @@ from ._dynamic_functional import (
     linear,
 )
 
-__all__ = ["LATENT_RULES", "DCDConv2d", "dcd_latent_dim"]
+__all__ = ["LATENT_RULES", "DCDConv2d", "DCDLinear", "dcd_latent_dim"]
 
 LATENT_RULES = ("paper", "sqrt")
 
@@ -78,6 +78,20 @@ def dcd_latent_dim(in_channels: int, rule: str | int = "paper", pool_size: int =
     raise ValueError(f"latent_dim must be an int >= 1 or one of {LATENT_RULES}, got {rule!r}")
 
 
+def _dcd_heads(layer: nn.Module, y: Tensor) -> tuple[Tensor, Tensor]:
+    """The DCD attention on a descriptor ``y`` (B, d): ``(Λ (B, O), Φ = I + Φ̃ (B, L, L))``.
+
+    ``s = FC(y)``, ``s ← s·hsig(FC_se(s))``, ``Φ̃ = FC_φ(s)``, ``Λ = hsig(FC_λ(s))``; the
+    layer provides ``fc, fc_se, fc_phi, fc_scale`` and ``latent_dim``.
+    """
+    n_lat = layer.latent_dim
+    s = linear(layer.fc, y)
+    s = s * hard_sigmoid(linear(layer.fc_se, s))
+    phi = linear(layer.fc_phi, s).view(y.shape[0], n_lat, n_lat)
+    phi = phi + torch.eye(n_lat, dtype=y.dtype, device=y.device)
+    return hard_sigmoid(linear(layer.fc_scale, s)), phi
+
+
 class DCDConv2d(DynamicConvBase):
     """Dynamic convolution decomposition, a drop-in for :class:`nn.Conv2d` (``groups=1``).
 
@@ -95,8 +109,8 @@ class DCDConv2d(DynamicConvBase):
             kernel, so it must be 1.
 
     Attributes:
-        weight: ``(O, C, kh, kw)``, the static ``W0``; bias: ``(O,)`` or ``None`` (a static
-            bias, not scaled by ``Λ``).
+        weight: ``(O, C, kh, kw)``, the static ``W0``; bias: ``(O,)`` or ``None``, part of
+            the static filter and scaled by ``Λ`` with it (the authors' layers have none).
         q: ``(L, C)``, ``Qᵀ``; p: ``(O, L)``, ``P``.
         fc ``(p²C → h)``, fc_se ``(h → h)``, fc_phi ``(h → L²)``, fc_scale ``(h → O)``,
         all without bias.
@@ -172,16 +186,9 @@ class DCDConv2d(DynamicConvBase):
     def attention(self, x: Tensor) -> tuple[Tensor, Tensor]:
         """``(Λ, Φ)`` for input ``x``: ``(B, O)`` and ``(B, L, L)`` (``Φ = I + Φ̃``)."""
         acc = attention_dtype(self.weight)
-        b = x.shape[0]
-        n_lat = self.latent_dim
         with torch.autocast(x.device.type, enabled=False):
-            y = F.adaptive_avg_pool2d(x.to(acc), self.pool_size).reshape(b, -1)
-            s = linear(self.fc, y)
-            s = s * hard_sigmoid(linear(self.fc_se, s))
-            phi = linear(self.fc_phi, s).view(b, n_lat, n_lat)
-            phi = phi + torch.eye(n_lat, dtype=acc, device=x.device)
-            scale = hard_sigmoid(linear(self.fc_scale, s))
-        return scale, phi
+            y = F.adaptive_avg_pool2d(x.to(acc), self.pool_size).reshape(x.shape[0], -1)
+            return _dcd_heads(self, y)
 
     def _centre_input(self, x: Tensor, pad: tuple[int, int], ho: int, wo: int) -> Tensor:
         """The input under the kernel's centre tap at every output position: (B, C, H', W')."""
@@ -197,12 +204,80 @@ class DCDConv2d(DynamicConvBase):
         self._check_input(x)
         scale, phi = self.attention(x)
         x, pad = self.geometry.pad_input(x)
-        y = F.conv2d(x, self.weight, None, self.stride, pad, self.dilation)
+        y = F.conv2d(x, self.weight, self.bias, self.stride, pad, self.dilation)
         b, _, ho, wo = y.shape
         y = y * scale.to(y.dtype)[:, :, None, None]
         z = F.conv2d(self._centre_input(x, pad, ho, wo), self.q[:, :, None, None])
         z = torch.bmm(phi.to(z.dtype), z.reshape(b, self.latent_dim, ho * wo))
-        y = y + F.conv2d(z.view(b, self.latent_dim, ho, wo), self.p[:, :, None, None])
-        if self.bias is not None:
-            y = y + self.bias.to(y.dtype)[:, None, None]
-        return y
+        return y + F.conv2d(z.view(b, self.latent_dim, ho, wo), self.p[:, :, None, None])
+
+
+class DCDLinear(nn.Module):
+    """DCD applied to a fully connected layer: the authors' dynamic classifier ("DYCls").
+
+    ``W(x) = Λ(x)·W0 + P·Φ(x)·Qᵀ`` as in :class:`DCDConv2d`, on a vector input:
+    ``y = Λ(x) ⊙ (W0 x + b) + P (I + Φ̃(x)) Qᵀ x``, the attention computed from ``x``
+    itself (``FC: C → h``, SE gate, ``FC_φ: h → L²``, ``FC_λ: h → O``). The published
+    DCD ResNet-18 count (14.70M) includes this classifier (``L = h = 32``); its two latent
+    BatchNorms are left out for the same reason as in :class:`DCDConv2d` (on a ``(B, L)``
+    tensor they also make batch size 1 untrainable).
+
+    Args:
+        in_features, out_features, bias: as in :class:`torch.nn.Linear`.
+        latent_dim: ``L`` (32 in the authors' code).
+        hidden: ``h``, the attention's width (32 in the authors' code).
+
+    Parameters: ``O·C + O·[bias] + L·C + O·L + C·h + h² + h·L² + h·O``.
+    """
+
+    def __init__(
+        self,
+        in_features: int,
+        out_features: int,
+        bias: bool = True,
+        *,
+        latent_dim: int = 32,
+        hidden: int = 32,
+        device: torch.device | str | None = None,
+        dtype: torch.dtype | None = None,
+    ) -> None:
+        super().__init__()
+        self.in_features = check_positive_int(in_features, "in_features")
+        self.out_features = check_positive_int(out_features, "out_features")
+        self.latent_dim = check_positive_int(latent_dim, "latent_dim", "L")
+        self.hidden_channels = check_positive_int(hidden, "hidden")
+        factory = {"device": device, "dtype": dtype}
+        self.weight = nn.Parameter(torch.empty(out_features, in_features, **factory))
+        self.bias = nn.Parameter(torch.empty(out_features, **factory)) if bias else None
+        self.q = nn.Parameter(torch.empty(latent_dim, in_features, **factory))
+        self.p = nn.Parameter(torch.empty(out_features, latent_dim, **factory))
+        self.fc = nn.Linear(in_features, hidden, bias=False, **factory)
+        self.fc_se = nn.Linear(hidden, hidden, bias=False, **factory)
+        self.fc_phi = nn.Linear(hidden, latent_dim * latent_dim, bias=False, **factory)
+        self.fc_scale = nn.Linear(hidden, out_features, bias=False, **factory)
+        self.reset_parameters()
+
+    def reset_parameters(self) -> None:
+        """``W0``, ``b``, ``Qᵀ``, ``P`` and the FCs like ``nn.Linear``."""
+        init_like_conv2d(self.weight[:, :, None, None], self.bias)
+        init_like_conv2d(self.q[:, :, None, None], None)
+        init_like_conv2d(self.p[:, :, None, None], None)
+        for fc in (self.fc, self.fc_se, self.fc_phi, self.fc_scale):
+            fc.reset_parameters()
+
+    def extra_repr(self) -> str:
+        return (f"in_features={self.in_features}, out_features={self.out_features}, "
+                f"bias={self.bias is not None}, L={self.latent_dim}, hidden={self.hidden_channels}")
+
+    def forward(self, x: Tensor) -> Tensor:
+        if not isinstance(x, Tensor) or x.dim() != 2 or x.shape[1] != self.in_features:
+            shape = tuple(x.shape) if isinstance(x, Tensor) else type(x).__name__
+            raise ValueError(f"DCDLinear expects input of shape (B, {self.in_features}), "
+                             f"got {shape}")
+        acc = attention_dtype(self.weight)
+        with torch.autocast(x.device.type, enabled=False):
+            scale, phi = _dcd_heads(self, x.to(acc))
+        y = F.linear(x, self.weight, self.bias) * scale.to(x.dtype)
+        z = F.linear(x, self.q)  # (B, L)
+        z = torch.bmm(phi.to(z.dtype), z.unsqueeze(-1)).squeeze(-1)
+        return y + F.linear(z, self.p)

@@ -7,16 +7,25 @@ convolutions by *qualified name* (the name the module will have in
 the placement, whether that conv is ``nn.Conv2d`` or the requested dynamic type, and
 builds it through :func:`a2d2c.create_conv2d`.
 
-Placements (SPEC §3):
+Placements (SPEC §3, plus the baselines' own):
 
 ``"default"``
-    The conv type's own paper placement (``"all"`` for A²D²C; see
-    :data:`BASELINE_PLACEMENTS` for the baselines).
+    The conv type's own paper configuration, :data:`PAPER_CONFIGS` (``"all"`` for
+    A²D²C).
 ``"all"``
     ResNet: every 3×3 conv inside the residual blocks. MobileNetV2: every conv inside
-    the inverted-residual blocks (the convs ODConv replaces).
+    the inverted-residual blocks (1×1 expansion, 3×3 depthwise, 1×1 projection).
 ``"block"``
-    Every conv inside the residual / inverted-residual blocks (1×1 included).
+    Every conv inside the residual / inverted-residual blocks (for ResNet-50 the
+    bottlenecks' 1×1s too; no shortcut projections).
+``"no-stem"``
+    Every conv except the stem: blocks, the 1×1 shortcut projections of ResNet and the
+    last 1×1 conv of MobileNetV2.
+``"every"``
+    Every conv, the stem included.
+``"pointwise"``
+    Every dense 1×1 conv of the blocks, and MobileNetV2's last 1×1 (depthwise and stem
+    stay static).
 ``"initial"``
     The stem conv only.
 ``"median"``
@@ -40,7 +49,15 @@ from torch import Tensor, nn
 
 from ..layers.factory import create_conv2d, list_conv_layers
 
-__all__ = ["BASELINE_PLACEMENTS", "PLACEMENTS", "ConvMaker", "ConvSite", "TerminalLayer"]
+__all__ = [
+    "BASELINE_PLACEMENTS",
+    "PAPER_CONFIGS",
+    "PLACEMENTS",
+    "ConvMaker",
+    "ConvSite",
+    "TerminalLayer",
+    "backbone_modules",
+]
 
 ROLES = ("stem", "block", "downsample", "terminal", "head")
 
@@ -65,22 +82,44 @@ def _all_3x3(site: ConvSite, arch: str) -> bool:
 PLACEMENTS: dict[str, Callable[[ConvSite, str], bool]] = {
     "all": _all_3x3,
     "block": lambda s, arch: s.role == "block",
+    "no-stem": lambda s, arch: s.role in ("block", "downsample", "head"),
+    "every": lambda s, arch: s.role in ("stem", "block", "downsample", "head"),
+    "pointwise": lambda s, arch: (s.role in ("block", "downsample", "head")
+                                  and s.kernel_size == 1 and s.groups == 1),
     "initial": lambda s, arch: s.role == "stem",
     "median": lambda s, arch: s.name == "layer3.0.conv1",
     "terminal": lambda s, arch: s.role == "terminal",
     "block-initial": lambda s, arch: s.role == "block" and s.first_in_block,
 }
 
-# The placement each conv type's own paper uses (what "default" means). Chosen so that
-# the published parameter counts of SPEC §3 are reproduced; see docs/PAPER_COUNTS.md.
-BASELINE_PLACEMENTS: dict[str, str] = {
-    "a2d2c": "all",
-    "a2d2c+": "all",
-    "condconv": "all",
-    "dynamicconv": "all",
-    "dcd": "all",
-    "odconv": "block",
+# What "default" means for each conv type: (placement, default conv_kwargs) per backbone
+# ("resnet18", "resnet50", "mobilenetv2"), from each method's paper and official code,
+# checked against the published parameter counts (SPEC §3; docs/PAPER_COUNTS.md):
+# * ODConv (od_resnet.py / od_mobilenetv2.py): every conv of the residual blocks; in
+#   MobileNetV2 also the last 1×1 (44.90M / 90.67M / 4.44M, 7.50M, 11.51M).
+# * DynamicConv: every conv but the stem, shortcut projections included
+#   (45.47M / 100.88M / 4.57M, 7.95M, 12.40M).
+# * CondConv (8 experts): every conv (89.89M / 189.92M, the paper's Tables 4 and 5).
+# * DCD: the block convs, with the authors' per-network latent size and pooling
+#   (ResNet-18: L = ⌊√(4C)⌋, 2×2 pooling; ResNet-50: L = ⌊√C⌋) (14.70M / 29.84M);
+#   MobileNetV2: the dense 1×1 convs (groups = 1 only).
+PAPER_CONFIGS: dict[tuple[str, str], tuple[str, dict[str, Any]]] = {
+    **{(a, c): ("all", {}) for a in ("resnet18", "resnet50", "mobilenetv2")
+       for c in ("a2d2c", "a2d2c+")},
+    ("resnet18", "odconv"): ("block", {}),
+    ("resnet50", "odconv"): ("block", {}),
+    ("mobilenetv2", "odconv"): ("no-stem", {}),
+    ("resnet18", "dynamicconv"): ("no-stem", {}),
+    ("resnet50", "dynamicconv"): ("no-stem", {}),
+    ("mobilenetv2", "dynamicconv"): ("no-stem", {}),
+    ("resnet18", "condconv"): ("every", {}),
+    ("resnet50", "condconv"): ("every", {}),
+    ("mobilenetv2", "condconv"): ("every", {}),
+    ("resnet18", "dcd"): ("block", {"latent_dim": "sqrt", "pool_size": 2}),
+    ("resnet50", "dcd"): ("block", {"latent_dim": "sqrt"}),
+    ("mobilenetv2", "dcd"): ("pointwise", {}),
 }
+BASELINE_PLACEMENTS = {k: v[0] for k, v in PAPER_CONFIGS.items()}
 
 PlacementArg = str | Callable[[str], bool] | None
 
@@ -90,12 +129,14 @@ class ConvMaker:
     """Builds each conv of a backbone: dynamic where the placement says, else static.
 
     Args:
-        arch: ``"resnet"`` or ``"mobilenetv2"`` (placements differ slightly).
+        arch: ``"resnet18"``, ``"resnet50"`` or ``"mobilenetv2"`` (selects the
+            conv type's paper configuration for ``placement="default"``).
         conv: a conv-factory name (``a2d2c.list_conv_layers()``).
         num_kernels: ``K`` for the dynamic layers (``None``: the layer's default).
         placement: a placement name, a predicate on the qualified conv name, or
             ``None`` for ``"default"``.
-        conv_kwargs: extra keyword arguments of the dynamic layer.
+        conv_kwargs: extra keyword arguments of the dynamic layer; they update the
+            conv type's paper defaults for this backbone (:data:`PAPER_CONFIGS`).
     """
 
     arch: str
@@ -122,10 +163,12 @@ class ConvMaker:
             )
         if "num_kernels" in self.conv_kwargs:
             raise ValueError("pass num_kernels as its own argument, not inside conv_kwargs")
+        paper_placement, paper_kwargs = PAPER_CONFIGS.get((self.arch, self.conv), ("all", {}))
+        self.conv_kwargs = {**paper_kwargs, **self.conv_kwargs}
         p = "default" if self.placement is None else self.placement
         if isinstance(p, str):
             if p == "default":
-                p = BASELINE_PLACEMENTS.get(self.conv, "all")
+                p = paper_placement
             if p not in PLACEMENTS:
                 import difflib
 
@@ -135,7 +178,7 @@ class ConvMaker:
                     f"unknown placement {self.placement!r}{hint}; use one of "
                     f"{['default', *PLACEMENTS]} or a predicate f(conv_name) -> bool"
                 )
-            if p == "median" and self.arch != "resnet":
+            if p == "median" and not self.arch.startswith("resnet"):
                 raise ValueError(f"placement 'median' is defined for ResNet only, not {self.arch}")
         elif not callable(p):
             raise TypeError(f"placement must be a name or a callable, got {p!r}")
@@ -151,7 +194,8 @@ class ConvMaker:
             return False
         p = self.resolved_placement
         if isinstance(p, str):
-            return PLACEMENTS[p](site, self.arch)
+            family = "mobilenetv2" if self.arch == "mobilenetv2" else "resnet"
+            return PLACEMENTS[p](site, family)
         return bool(p(site.name))
 
     def __call__(
@@ -203,3 +247,17 @@ class TerminalLayer(nn.Module):
 
     def forward(self, x: Tensor) -> Tensor:
         return self.act(self.bn(self.conv(x)))
+
+
+def backbone_modules(model: nn.Module, dynamic: list[str]):
+    """``model.modules()`` minus the insides of the dynamic layers named in ``dynamic``.
+
+    Backbones initialise their own convs, norms and classifier; a dynamic layer's
+    parameters (and the ``nn.Linear``/``nn.Conv2d`` of its attention) keep the layer's
+    own initialisation.
+    """
+    skip = tuple(name + "." for name in dynamic)
+    for name, module in model.named_modules():
+        if name in dynamic or name.startswith(skip):
+            continue
+        yield module

@@ -22,7 +22,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from ._placement import ConvMaker, ConvSite, PlacementArg, TerminalLayer
+from ._placement import ConvMaker, ConvSite, PlacementArg, TerminalLayer, backbone_modules
 from ._registry import register_builder, register_model
 from .resnet import NormLayer, _check_common
 
@@ -62,11 +62,11 @@ class InvertedResidual(nn.Module):
         i = 0
         if expand_ratio != 1:
             layers.append(_conv_norm_act(
-                make, ConvSite(f"{prefix}.conv.0.0", "block", 1, first_in_block=True),
+                make, ConvSite(f"{prefix}.conv.0.0", "block", 1, 1, True),
                 inp, hidden, 1, 1, 1, norm_layer))
             i = 1
         layers.append(_conv_norm_act(
-            make, ConvSite(f"{prefix}.conv.{i}.0", "block", 3, hidden, first_in_block=i == 0),
+            make, ConvSite(f"{prefix}.conv.{i}.0", "block", 3, hidden, i == 0),
             hidden, hidden, 3, stride, hidden, norm_layer))
         layers.append(make(ConvSite(f"{prefix}.conv.{i + 1}", "block", 1), hidden, oup, 1))
         layers.append(norm_layer(oup))
@@ -147,7 +147,7 @@ class MobileNetV2(nn.Module):
         self._init_weights()
 
     def _init_weights(self) -> None:
-        for m in self.modules():
+        for m in backbone_modules(self, self.dynamic_convs):
             if type(m) is nn.Conv2d:
                 nn.init.kaiming_normal_(m.weight, mode="fan_out")
                 if m.bias is not None:
@@ -191,7 +191,8 @@ def _mobilenetv2(
     model = MobileNetV2(num_classes, in_chans, make, width, stem, norm_layer, drop_rate)
     make.check_used(f"mobilenetv2 x{width}")
     model.model_args = dict(arch="mobilenetv2", conv=conv, num_kernels=num_kernels,
-                            placement=make.resolved_placement, stem=stem, width_mult=width)
+                            placement=make.resolved_placement, conv_kwargs=make.conv_kwargs,
+                            stem=stem, width_mult=width)
     return model
 
 

@@ -26,7 +26,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from ._placement import ConvMaker, ConvSite, PlacementArg, TerminalLayer
+from ._placement import ConvMaker, ConvSite, PlacementArg, TerminalLayer, backbone_modules
 from ._registry import register_builder, register_model
 
 __all__ = ["BasicBlock", "Bottleneck", "ResNet"]
@@ -121,7 +121,7 @@ class ResNet(nn.Module):
         variant: str = "v1.5",
     ) -> None:
         super().__init__()
-        make = ConvMaker("resnet") if make is None else make
+        make = ConvMaker("resnet18") if make is None else make
         _check_common(num_classes, in_chans, width_mult)
         if stem not in STEMS:
             raise ValueError(f"stem must be one of {STEMS}, got {stem!r}")
@@ -186,7 +186,7 @@ class ResNet(nn.Module):
     def _init_weights(self) -> None:
         # torchvision's initialisation for the static parts; dynamic layers keep their own
         # (each of their K kernels is initialised like nn.Conv2d by reset_parameters).
-        for m in self.modules():
+        for m in backbone_modules(self, self.dynamic_convs):
             if type(m) is nn.Conv2d:
                 nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
             elif isinstance(m, (nn.BatchNorm2d, nn.GroupNorm)):
@@ -242,12 +242,13 @@ def _resnet(
     block, layers = _ARCHS[arch]
     if variant is not None and block is BasicBlock:
         raise ValueError(f"variant applies to bottleneck ResNets only, not {arch}")
-    make = ConvMaker("resnet", conv, num_kernels, placement, conv_kwargs or {})
+    make = ConvMaker(arch, conv, num_kernels, placement, conv_kwargs or {})
     model = ResNet(block, layers, num_classes, in_chans, make, stem, width_mult, norm_layer,
                    variant or "v1.5")
     make.check_used(arch)
     model.model_args = dict(arch=arch, conv=conv, num_kernels=num_kernels,
-                            placement=make.resolved_placement, stem=stem,
+                            placement=make.resolved_placement, conv_kwargs=make.conv_kwargs,
+                            stem=stem,
                             width_mult=width_mult, variant=model.variant if block is Bottleneck
                             else None)
     return model
