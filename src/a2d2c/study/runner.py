@@ -161,7 +161,8 @@ def _atomic_write_json(path: Path, data: Any) -> None:
 
 
 def _default_train(cfg: Any) -> dict[str, Any]:
-    """Train one configuration with the engine; returns its final metrics."""
+    """Train one configuration with the engine; returns its last epoch's metrics row
+    (``val_top1``, ``val_top5``, ...)."""
     from ..engine import fit
 
     result = fit(cfg)
@@ -181,6 +182,12 @@ def _profile(cfg: Any) -> tuple[int, int | None, str]:
     model = build_model(cfg, info.num_classes, info.in_chans)
     report = count_madds(model, (info.in_chans, info.img_size, info.img_size))
     return count_params(model), int(report.madds), report.summary()
+
+
+def _test_samples(cfg: Any) -> int:
+    from ..data import build_dataset
+
+    return len(build_dataset(cfg.data.name, "val", cfg.data))
 
 
 def _epoch_times(run_dir: Path) -> list[float]:
@@ -238,8 +245,8 @@ def run_study(
         times = _epoch_times(run_dir)
         record = RunRecord(
             study=spec.name, variant=label, seed=seed,
-            top1=float(metrics["top1"]), top5=float(metrics.get("top5", float("nan"))),
-            test_samples=int(metrics.get("samples", 0)), params=params, madds=madds,
+            top1=float(metrics["val_top1"]), top5=float(metrics.get("val_top5", float("nan"))),
+            test_samples=_test_samples(cfg), params=params, madds=madds,
             madds_form=form, epochs=int(cfg.train.epochs),
             epoch_time_s=sum(times) / len(times) if times else wall / max(cfg.train.epochs, 1),
             wall_s=wall, output_dir=str(run_dir),
