@@ -98,7 +98,7 @@ def _write_study(tmp_path, variants="", baseline="static"):
 
 def test_study_runs_resumes_and_reports(tmp_path):
     spec = load_study(_write_study(tmp_path))
-    runs = tmp_path / "runs"
+    runs, results = tmp_path / "runs", tmp_path / "results"
     trained = []
 
     def train(cfg):
@@ -107,17 +107,18 @@ def test_study_runs_resumes_and_reports(tmp_path):
         trained.append((cfg.model.name, cfg.train.seed))
         return fit(cfg).final_metrics
 
-    records = run_study(spec, runs_root=runs, train_fn=train, seeds=[0], log=lambda s: None)
+    records = run_study(spec, runs_root=runs, results_dir=results, train_fn=train,
+                        seeds=[0], log=lambda s: None)
     assert [(r.variant, r.seed) for r in records] == [("static", 0), ("a2d2c", 0)]
     assert trained == [("resnet18", 0), ("resnet18_a2d2c_plus", 0)]
     assert records[1].params > records[0].params > 0 and records[0].madds > 0
     assert "A2D2Conv2d" in records[1].madds_form
     # Finished runs are not redone; only the missing seed trains.
-    run_study(spec, runs_root=runs, train_fn=train, log=lambda s: None)
+    run_study(spec, runs_root=runs, results_dir=results, train_fn=train, log=lambda s: None)
     assert trained[2:] == [("resnet18", 1), ("resnet18_a2d2c_plus", 1)]
-    records = collect_records(spec, runs)
+    records = collect_records(spec, results)
     assert len(records) == 4 and all(0 <= r.top1 <= 100 for r in records)
-    md, png = write_report(spec, records, tmp_path / "results", command="a2d2c study tiny")
+    md, png = write_report(spec, records, results, command="a2d2c study tiny")
     text = md.read_text()
     assert "| `a2d2c` |" in text and "(p = " in text and "Noise floor" in text
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and png.stat().st_size > 5000

@@ -14,7 +14,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--only", nargs="+", metavar="VARIANT", help="run only these variants")
     parser.add_argument("--seeds", nargs="+", type=int, help="run only these seeds")
     parser.add_argument("--runs", default="runs/studies", help="where the runs go")
-    parser.add_argument("--results", default="results", help="where the table and plot go")
+    parser.add_argument("--results", default="results",
+                        help="where the table, the plot and the per-run records go")
     parser.add_argument("--report-only", action="store_true",
                         help="do not train: write the report from the finished runs")
     parser.add_argument("--set", nargs="+", default=[], metavar="KEY=VALUE",
@@ -33,8 +34,9 @@ def main(args: argparse.Namespace) -> int:
     spec = load_study(args.name)
     extra = [f"--{kv}" for kv in args.set]
     if not args.report_only:
-        run_study(spec, runs_root=args.runs, only=args.only, seeds=args.seeds, extra=extra)
-    records = collect_records(spec, args.runs)
+        run_study(spec, runs_root=args.runs, results_dir=args.results, only=args.only,
+                  seeds=args.seeds, extra=extra)
+    records = collect_records(spec, args.results)
     command = "a2d2c study " + " ".join(shlex.quote(a) for a in sys.argv[2:]) if (
         len(sys.argv) > 1 and sys.argv[1] == "study") else f"a2d2c study {args.name}"
     md, png = write_report(spec, records, args.results, command)

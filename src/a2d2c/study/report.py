@@ -123,7 +123,7 @@ def plot_study(spec: StudySpec, records: list[RunRecord], path: str | os.PathLik
 def write_report(spec: StudySpec, records: list[RunRecord],
                  results_dir: str | os.PathLike = "results",
                  command: str = "") -> tuple[Path, Path]:
-    """Write ``results/<study>.md`` and ``results/<study>.png``."""
+    """Write ``<results>/<study>.md`` and ``<results>/<study>.png``."""
     out = Path(results_dir)
     out.mkdir(parents=True, exist_ok=True)
     png = plot_study(spec, records, out / f"{spec.name}.png")

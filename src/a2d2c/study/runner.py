@@ -13,10 +13,12 @@ A study is a YAML file (``configs/studies/<name>.yaml``)::
       uniform:  {model: {name: resnet18_a2d2c}, temperature: {start: 1.0e6, end: 1.0e6}}
 
 Each variant is a set of overrides of the recipe (the same keys as ``a2d2c train``'s
-``--section.key value``). Runs go to ``<runs>/<study>/<variant>/seed<k>/``; a run whose
-``result.json`` exists is never redone, so an interrupted study resumes by running the
-same command. Runs are ordered seed-major (every variant of seed 0, then of seed 1, …),
-so a partial study already holds complete pairs.
+``--section.key value``). Runs (checkpoints, metrics) go to
+``<runs>/<study>/<variant>/seed<k>/``; each finished run leaves a small record,
+``<results>/<study>/<variant>_seed<k>.json``, meant to be committed: a run whose record
+exists is never redone, so an interrupted study resumes — in a later session or on
+another machine — by running the same command. Runs are ordered seed-major (every
+variant of seed 0, then of seed 1, …), so a partial study already holds complete pairs.
 """
 
 from __future__ import annotations
@@ -37,6 +39,7 @@ __all__ = [
     "StudySpec",
     "list_studies",
     "load_study",
+    "record_path",
     "run_study",
     "study_dir",
 ]
@@ -202,6 +205,7 @@ def run_study(
     spec: StudySpec,
     *,
     runs_root: str | os.PathLike = "runs/studies",
+    results_dir: str | os.PathLike = "results",
     only: Iterable[str] | None = None,
     seeds: Iterable[int] | None = None,
     extra: Iterable[str] = (),
@@ -233,7 +237,7 @@ def run_study(
             configs[(label, seed)] = (run_dir, load_config(spec.recipe, overrides=args))
     records = []
     for (label, seed), (run_dir, cfg) in configs.items():
-        result_path = run_dir / "result.json"
+        result_path = record_path(spec, label, seed, results_dir)
         if result_path.is_file():
             records.append(RunRecord.from_dict(json.loads(result_path.read_text())))
             continue
@@ -251,21 +255,26 @@ def run_study(
             epoch_time_s=sum(times) / len(times) if times else wall / max(cfg.train.epochs, 1),
             wall_s=wall, output_dir=str(run_dir),
         )
-        run_dir.mkdir(parents=True, exist_ok=True)
+        result_path.parent.mkdir(parents=True, exist_ok=True)
         _atomic_write_json(result_path, record.__dict__)
         log(f"[study {spec.name}] {label} seed {seed}: top-1 {record.top1:.2f}%")
         records.append(record)
     return records
 
 
-def collect_records(spec: StudySpec, runs_root: str | os.PathLike = "runs/studies"
+def record_path(spec: StudySpec, variant: str, seed: int,
+                results_dir: str | os.PathLike = "results") -> Path:
+    """Where the record of one finished run is kept."""
+    return Path(results_dir) / spec.name / f"{variant}_seed{seed}.json"
+
+
+def collect_records(spec: StudySpec, results_dir: str | os.PathLike = "results"
                     ) -> list[RunRecord]:
-    """Every finished run of ``spec`` on disk."""
-    root = Path(runs_root) / spec.name
+    """Every finished run of ``spec`` (its records under ``results_dir``)."""
     out = []
     for label in spec.variants:
         for seed in spec.seeds:
-            p = root / label / f"seed{seed}" / "result.json"
+            p = record_path(spec, label, seed, results_dir)
             if p.is_file():
                 out.append(RunRecord.from_dict(json.loads(p.read_text())))
     return out
