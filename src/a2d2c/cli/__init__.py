@@ -24,6 +24,8 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "detect": ("a2d2c.cli.detect", "Mask R-CNN + FPN on COCO: train, eval, profile, make-shapes"),
     "visualize": ("a2d2c.cli.visualize", "sampled points, feature maps and kernel attention of "
                   "A2D2Conv2d layers as PNG (the paper's Fig. 4)"),
+    "study": ("a2d2c.cli.study", "run a named study (variants x seeds, resumable) and write "
+              "its table and plot under results/"),
 }
 
 

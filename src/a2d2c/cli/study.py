@@ -1,0 +1,44 @@
+"""``a2d2c study NAME``: run a named study (resumable) and write its table and plot."""
+
+from __future__ import annotations
+
+import argparse
+import shlex
+import sys
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("name", nargs="?", help="a study under configs/studies/ (or a path); "
+                        "omit with --list")
+    parser.add_argument("--list", action="store_true", help="list the known studies")
+    parser.add_argument("--only", nargs="+", metavar="VARIANT", help="run only these variants")
+    parser.add_argument("--seeds", nargs="+", type=int, help="run only these seeds")
+    parser.add_argument("--runs", default="runs/studies", help="where the runs go")
+    parser.add_argument("--results", default="results",
+                        help="where the table, the plot and the per-run records go")
+    parser.add_argument("--report-only", action="store_true",
+                        help="do not train: write the report from the finished runs")
+    parser.add_argument("--set", nargs="+", default=[], metavar="KEY=VALUE",
+                        help="overrides for every run, e.g. --set train.device=cuda")
+
+
+def main(args: argparse.Namespace) -> int:
+    from ..study import collect_records, list_studies, load_study, run_study, write_report
+
+    if args.list or not args.name:
+        for name in list_studies():
+            spec = load_study(name)
+            print(f"{name:20s} {spec.title} ({len(spec.variants)} variants x "
+                  f"{len(spec.seeds)} seeds)")
+        return 0 if args.list else 2
+    spec = load_study(args.name)
+    extra = [f"--{kv}" for kv in args.set]
+    if not args.report_only:
+        run_study(spec, runs_root=args.runs, results_dir=args.results, only=args.only,
+                  seeds=args.seeds, extra=extra)
+    records = collect_records(spec, args.results)
+    command = "a2d2c study " + " ".join(shlex.quote(a) for a in sys.argv[2:]) if (
+        len(sys.argv) > 1 and sys.argv[1] == "study") else f"a2d2c study {args.name}"
+    md, png = write_report(spec, records, args.results, command)
+    print(f"wrote {md} and {png} ({len(records)} runs)")
+    return 0
