@@ -275,6 +275,24 @@ def test_timm_create_model_uses_the_registry():
 
 
 @needs_timm
+def test_timm_registration_without_importing_timm_eagerly():
+    # `import a2d2c` must not pay for importing timm; importing timm later registers.
+    import os
+    import pathlib
+    import subprocess
+    import sys
+
+    src = str(pathlib.Path(a2d2c.__file__).resolve().parents[1])  # this checkout's a2d2c
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join([src, os.environ.get("PYTHONPATH", "")]))
+    code = ("import sys, a2d2c; assert 'timm' not in sys.modules; import timm; "
+            "m = timm.create_model('resnet18_odconv', width_mult=0.125, num_classes=3); "
+            "print(type(m).__name__, m.fc.out_features)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         check=True, env=env).stdout
+    assert out.split() == ["ResNet", "3"]
+
+
+@needs_timm
 @pytest.mark.parametrize("name, stem, size, reductions", [
     ("resnet18_a2d2c", "imagenet", 64, [2, 4, 8, 16, 32]),
     ("resnet18_a2d2c", "cifar", 32, [1, 1, 2, 4, 8]),
