@@ -23,8 +23,24 @@ except ImportError:  # timm is an optional extra; only the timm tests need it
 needs_timm = pytest.mark.skipif(timm is None, reason="timm is not installed")
 
 
+
+@pytest.fixture(autouse=True, scope="module")
+def _one_thread():
+    # These models are tiny (or run once): intra-op threads only add OpenMP spin-waiting,
+    # which on a loaded 2-core machine costs more than the work itself.
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
 def n_params(model: nn.Module) -> int:
     return sum(p.numel() for p in model.parameters())
+
+
+def build_meta(name: str, **overrides) -> nn.Module:
+    """Build without allocating or initialising weights: for counting parameters."""
+    with torch.device("meta"):
+        return a2d2c.create_model(name, **overrides)
 
 
 # ----------------------------------------------------------------------------- static
@@ -47,8 +63,8 @@ def test_static_equals_torchvision(name, ref):
 
 
 def test_resnet50_v1_moves_the_stride_only():
-    v15 = a2d2c.create_model("resnet50")
-    v1 = a2d2c.create_model("resnet50", variant="v1")
+    v15 = a2d2c.create_model("resnet50", width_mult=0.25)
+    v1 = a2d2c.create_model("resnet50", variant="v1", width_mult=0.25)
     assert n_params(v1) == n_params(v15)
     assert v1.layer2[0].conv1.stride == (2, 2) and v1.layer2[0].conv2.stride == (1, 1)
     assert v15.layer2[0].conv1.stride == (1, 1) and v15.layer2[0].conv2.stride == (2, 2)
@@ -68,14 +84,14 @@ def test_cifar_stem_and_width():
     assert [m.layer1[0].conv1.out_channels, m.layer4[0].conv1.out_channels] == [16, 128]
     f = m.forward_features(torch.randn(2, 1, 28, 28))
     assert f.shape == (2, 128, 4, 4)  # 28 → 28, 14, 7, 4: no stem down-sampling
-    mb = a2d2c.create_model("mobilenetv2_050", stem="cifar", num_classes=100)
+    mb = a2d2c.create_model("mobilenetv2_050", stem="cifar", num_classes=100, width_mult=0.25)
     assert mb.forward_features(torch.randn(1, 3, 32, 32)).shape[-1] == 4
 
 
 def test_norm_layer_override():
     from torchvision.ops import FrozenBatchNorm2d
 
-    m = a2d2c.create_model("resnet18_a2d2c", norm_layer=FrozenBatchNorm2d)
+    m = build_meta("resnet18_a2d2c", norm_layer=FrozenBatchNorm2d)
     assert not any(isinstance(x, nn.BatchNorm2d) for x in m.modules())
     assert isinstance(m.layer1[0].bn1, FrozenBatchNorm2d)
 
@@ -88,51 +104,50 @@ def _convs(model: nn.Module, cls: type) -> list[str]:
 def test_a2d2c_placements_resnet18():
     tv = 11_689_512
     # SPEC §3 at K=4: initial 11.69M → 11.72M (7×7×3×64 × 3 extra kernels).
-    m = a2d2c.create_model("resnet18_a2d2c_plus", placement="initial")
+    m = build_meta("resnet18_a2d2c_plus", placement="initial")
     assert _convs(m, a2d2c.A2D2Conv2d) == ["conv1"]
     assert n_params(m) == tv + 3 * 7 * 7 * 3 * 64
     assert round(n_params(m) / 1e6, 2) == 11.72
     # terminal: a 1×1 512→512 layer (K=4) + its BatchNorm: 11.69M → 12.74M.
-    m = a2d2c.create_model("resnet18_a2d2c_plus", placement="terminal")
+    m = build_meta("resnet18_a2d2c_plus", placement="terminal")
     assert _convs(m, a2d2c.A2D2Conv2d) == ["terminal.conv"]
     assert n_params(m) == tv + 4 * 512 * 512 + 2 * 512
     assert round(n_params(m) / 1e6, 2) == 12.74
-    m = a2d2c.create_model("resnet18_a2d2c", placement="median")
+    m = build_meta("resnet18_a2d2c", placement="median")
     assert _convs(m, a2d2c.A2D2Conv2d) == ["layer3.0.conv1"]
     assert n_params(m) == tv + 3 * 3 * 3 * 128 * 256
-    m = a2d2c.create_model("resnet18_a2d2c", placement="block-initial", num_kernels=8)
+    m = build_meta("resnet18_a2d2c", placement="block-initial", num_kernels=8)
     assert _convs(m, a2d2c.A2D2Conv2d) == [f"layer{i}.{j}.conv1" for i in range(1, 5)
                                            for j in range(2)]
-    m = a2d2c.create_model("resnet18_a2d2c")  # "all": the 16 3×3 block convs
+    m = build_meta("resnet18_a2d2c")  # "all": the 16 3×3 block convs
     names = _convs(m, a2d2c.A2D2Conv2d)
     assert len(names) == 16 and all(".conv" in n and "downsample" not in n for n in names)
     assert m.conv1.__class__ is nn.Conv2d
-    m = a2d2c.create_model("resnet18_a2d2c", placement=lambda n: n == "layer2.0.conv2")
+    m = build_meta("resnet18_a2d2c", placement=lambda n: n == "layer2.0.conv2")
     assert _convs(m, a2d2c.A2D2Conv2d) == ["layer2.0.conv2"]
 
 
 def test_a2d2c_placements_resnet50_and_mobilenetv2():
-    m = a2d2c.create_model("resnet50_a2d2c")
+    m = build_meta("resnet50_a2d2c")
     names = _convs(m, a2d2c.A2D2Conv2d)
     assert len(names) == 16 and all(n.endswith("conv2") for n in names)  # the 3×3s
-    m = a2d2c.create_model("mobilenetv2_050_a2d2c")
+    m = build_meta("mobilenetv2_050_a2d2c")
     names = _convs(m, a2d2c.A2D2Conv2d)
     # 17 inverted residuals: 3 convs each except the first (no expansion): 50, + the last 1×1.
     assert len(names) == 51 and "features.0.0" not in names and "features.18.0" in names
-    m = a2d2c.create_model("mobilenetv2_050_a2d2c", placement="initial")
+    m = build_meta("mobilenetv2_050_a2d2c", placement="initial")
     assert _convs(m, a2d2c.A2D2Conv2d) == ["features.0.0"]
     with pytest.raises(ValueError, match="ResNet only"):
-        a2d2c.create_model("mobilenetv2_050_a2d2c", placement="median")
+        build_meta("mobilenetv2_050_a2d2c", placement="median")
 
 
 def test_a2d2c_conv_kwargs_reach_the_layer():
-    m = a2d2c.create_model("resnet18_a2d2c", num_kernels=3,
-                           conv_kwargs=dict(num_points=7, head="mlp"))
+    m = build_meta("resnet18_a2d2c", num_kernels=3, conv_kwargs=dict(num_points=7, head="mlp"))
     layer = m.layer1[0].conv1
     assert (layer.num_kernels, layer.num_points, layer.head) == (3, 7, "mlp")
     assert layer.impl == "kernel"
-    assert a2d2c.create_model("resnet18_a2d2c_plus").layer1[0].conv1.impl == "plus"
-    m = a2d2c.create_model("resnet18", conv="a2d2c", placement="initial")
+    assert build_meta("resnet18_a2d2c_plus").layer1[0].conv1.impl == "plus"
+    m = build_meta("resnet18", conv="a2d2c", placement="initial")
     assert isinstance(m.conv1, a2d2c.A2D2Conv2d)
 
 
@@ -160,7 +175,7 @@ PUBLISHED = [
 
 @pytest.mark.parametrize("name, overrides, millions", PUBLISHED)
 def test_published_parameter_counts(name, overrides, millions):
-    n = n_params(a2d2c.create_model(name, **overrides))
+    n = n_params(build_meta(name, **overrides))
     assert abs(n / 1e6 - millions) / millions < 0.01, (name, n)
 
 
@@ -168,15 +183,12 @@ def test_condconv_81m_reconstruction():
     # SPEC §3: "CondConv 8x ResNet-18 is quoted as 81.35M ... state which convs".
     from a2d2c.paper_figures import condconv_late
 
-    m = a2d2c.create_model("resnet18_condconv", placement=condconv_late, classifier="dynamic")
+    m = build_meta("resnet18_condconv", placement=condconv_late, classifier="dynamic")
     assert m.dynamic_convs == ["layer3.1.conv1", "layer3.1.conv2", "layer4.0.conv1",
                                "layer4.0.conv2", "layer4.1.conv1", "layer4.1.conv2", "fc"]
     assert abs(n_params(m) / 1e6 - 81.35) < 0.02
     # every 3×3 block conv (no classifier experts): the 88.6M of SPEC §3
-    assert round(n_params(a2d2c.create_model("resnet18_condconv", placement="all")) / 1e6, 1) \
-        == 88.6
-    out = m(torch.randn(2, 3, 64, 64))
-    assert out.shape == (2, 1000)
+    assert round(n_params(build_meta("resnet18_condconv", placement="all")) / 1e6, 1) == 88.6
 
 
 def test_dynamic_classifier_choice():
@@ -224,7 +236,7 @@ def test_bad_overrides_are_errors():
     with pytest.raises(TypeError, match="num_pts"):  # the layer's own check, via the factory
         a2d2c.create_model("resnet18_a2d2c", conv_kwargs=dict(num_pts=10))
     with pytest.raises(ValueError, match="selected no convolution"):
-        a2d2c.create_model("resnet18_a2d2c", placement=lambda n: n == "layer9.conv1")
+        build_meta("resnet18_a2d2c", placement=lambda n: n == "layer9.conv1")
     with pytest.raises(ValueError, match="stem must be one of"):
         a2d2c.create_model("resnet18", stem="cifar10")
     with pytest.raises(ValueError, match="width_mult"):
@@ -260,6 +272,24 @@ def test_timm_create_model_uses_the_registry():
     assert a2d2c.models.timm_name("resnet18") == "a2d2c_resnet18"
     with pytest.raises(ValueError, match="no pretrained weights"):
         timm.create_model("resnet18_a2d2c", pretrained=True)
+
+
+@needs_timm
+def test_timm_registration_without_importing_timm_eagerly():
+    # `import a2d2c` must not pay for importing timm; importing timm later registers.
+    import os
+    import pathlib
+    import subprocess
+    import sys
+
+    src = str(pathlib.Path(a2d2c.__file__).resolve().parents[1])  # this checkout's a2d2c
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join([src, os.environ.get("PYTHONPATH", "")]))
+    code = ("import sys, a2d2c; assert 'timm' not in sys.modules; import timm; "
+            "m = timm.create_model('resnet18_odconv', width_mult=0.125, num_classes=3); "
+            "print(type(m).__name__, m.fc.out_features)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         check=True, env=env).stdout
+    assert out.split() == ["ResNet", "3"]
 
 
 @needs_timm

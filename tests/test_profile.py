@@ -9,12 +9,22 @@ Tables 4-5), all at 224², batch 1.
 from __future__ import annotations
 
 import pytest
+import torch
 from torch import nn
 
 import a2d2c
 from a2d2c.cli import main
 from a2d2c.profiling import count_madds, count_params
 
+
+@pytest.fixture(autouse=True, scope="module")
+def _one_thread():
+    # These models are tiny (or run once): intra-op threads only add OpenMP spin-waiting,
+    # which on a loaded 2-core machine costs more than the work itself.
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
 
 def test_count_params_counts_shared_tensors_once():
     lin = nn.Linear(10, 5)

@@ -62,7 +62,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def _fmt_count(n: float, unit: str) -> str:
-    return f"{n / 1e9:.3f}G" if unit == "G" else f"{n / 1e6:.2f}M"
+    if unit == "G" and n >= 1e8:
+        return f"{n / 1e9:.3f}G"
+    return f"{n / 1e6:.2f}M" if unit == "M" else f"{n / 1e6:.1f}M"
 
 
 def main(args: argparse.Namespace) -> int:
