@@ -37,13 +37,81 @@ from torch import Tensor, nn
 from ._base import ConvArgs, TemperatureMixin, check_choice, check_conv_input, check_positive_int
 from ._functional import aggregated_conv2d
 
-__all__ = ["HEADS", "IMPLS", "SAMPLINGS", "A2D2Conv2d"]
+__all__ = ["COST_CONSTANTS", "HEADS", "IMPLS", "SAMPLINGS", "A2D2Conv2d", "estimate_costs"]
 
 SAMPLINGS = ("random", "fixed", "global")
 EVAL_SAMPLINGS = ("global", "fixed")
 HEADS = ("direct", "mlp")
-IMPLS = ("auto", "kernel", "plus")
+IMPLS = ("auto", "kernel", "unfold", "plus")
 
+
+# Constants of the cost model of ``impl="auto"`` (see :func:`estimate_costs`), per device
+# type. ``grouped``/``unfold``/``dense``: time of a multiply-add in the per-sample grouped
+# convolution / the im2col batched GEMM / a dense convolution, relative to a dense one;
+# ``touch``: time of one memory-bound element pass (the kernel mix, its gradient, im2col,
+# the plus form's mixing), in dense multiply-adds. CPU values were fitted to
+# ``a2d2c bench --preset layers`` on 2 threads (docs/PERFORMANCE.md); CUDA values are
+# estimates from the ratio of tensor-core throughput to memory bandwidth (H100 class) and
+# cuDNN's weak grouped convolutions for few channels per group, to be refitted from
+# ``a2d2c bench --device cuda``.
+COST_CONSTANTS: dict[str, dict[str, float]] = {
+    "cpu": {"dense": 1.0, "grouped": 1.3, "unfold": 1.5, "touch": 16.0},
+    "cuda": {"dense": 1.0, "grouped": 4.0, "unfold": 1.5, "touch": 64.0},
+}
+
+
+def estimate_costs(*, batch: int | None, in_channels: int, out_channels: int,
+                   kernel_size: Sequence[int], groups: int, output_size: Sequence[int],
+                   num_kernels: int, training: bool, device_type: str = "cpu"
+                   ) -> dict[str, float]:
+    """Modelled cost per sample of the three exact forms of an A²D²C layer.
+
+    With ``L = H'·W'``, ``m = C/g·kh·kw``, the convolution's ``conv = O·m·L``
+    multiply-adds, the per-sample kernel of ``O·m`` values, ``K·O·L`` plus-form feature
+    values and ``C·kh·kw·L`` im2col values (constants ``COST_CONSTANTS[device_type]``:
+    ``γ_dense, γ_grouped, γ_unfold`` and ``t``, the cost of one memory-bound element pass):
+
+    * ``kernel`` (grouped conv): ``p·γ_grouped·conv + t·K·O·m·(1 or 4 + 2/K)`` — ``p``
+      is 1 for inference and 3 for training (forward, input and weight gradients); the
+      mix is formed once in inference, and in training formed, re-formed in backward,
+      contracted twice with the kernel gradient (``4K`` passes) plus a transpose. At
+      ``batch == 1`` the grouped convolution is a dense one (``γ_dense``).
+    * ``unfold`` (im2col + GEMM): as ``kernel`` with ``γ_unfold``, plus ``t·C·kh·kw·L``
+      for im2col (three passes in training: im2col, its recomputation, col2im).
+    * ``plus``: ``p·γ_dense·K·conv + t·K·O·L·(2 or 6)`` (mixing the K responses; in
+      training also their gradient and the saved product).
+
+    The attention (patch means, head, softmax) costs the same in every form and is left
+    out. ``batch=None`` means "any batch size" (no batch-1 special case), as used while
+    tracing. The model is deterministic: the same arguments always give the same choice.
+    """
+    if device_type not in COST_CONSTANTS:
+        device_type = "cuda"  # other accelerators: GPU-like balance
+    const = COST_CONSTANTS[device_type]
+    kh, kw = kernel_size
+    length = int(output_size[0]) * int(output_size[1])
+    m = in_channels // groups * kh * kw
+    conv = out_channels * m * length
+    passes = 3.0 if training else 1.0
+    mix = const["touch"] * num_kernels * out_channels * m * ((4.0 + 2.0 / num_kernels)
+                                                             if training else 1.0)
+    gamma_grouped = const["dense"] if batch == 1 else const["grouped"]
+    cols = const["touch"] * in_channels * kh * kw * length * passes
+    return {
+        "kernel": passes * gamma_grouped * conv + mix,
+        "unfold": passes * const["unfold"] * conv + mix + cols,
+        "plus": passes * const["dense"] * num_kernels * conv
+        + const["touch"] * num_kernels * out_channels * length * (6.0 if training else 2.0),
+    }
+
+
+def _is_tracing() -> bool:
+    """True inside ``torch.compile``/``torch.export`` graph capture or ONNX export."""
+    compiler = getattr(torch, "compiler", None)
+    if compiler is not None and compiler.is_compiling():
+        return True
+    onnx = getattr(torch, "onnx", None)
+    return bool(onnx is not None and onnx.is_in_onnx_export())
 
 class A2D2Conv2d(TemperatureMixin):
     """Adaptive Attention-Driven Dynamic Convolution, a drop-in for :class:`nn.Conv2d`.
@@ -212,31 +280,68 @@ class A2D2Conv2d(TemperatureMixin):
         return s
 
     # ------------------------------------------------------------------ dispatch
-    def resolve_impl(self, input_shape: Sequence[int]) -> str:
-        """The computation (``"kernel"`` or ``"plus"``) used for an input of this shape.
+    def resolve_impl(self, input_shape: Sequence[int], *, training: bool | None = None,
+                     device: torch.device | str | None = None, tracing: bool = False) -> str:
+        """The computation (``"kernel"``, ``"unfold"`` or ``"plus"``) used for an input.
 
-        ``impl="auto"`` picks the cheaper exact form. The kernel form costs one
-        convolution but, for a batch of more than one sample, a grouped convolution
-        with one group per sample, which CPU and GPU libraries run far below dense
-        throughput; the plus form costs K dense convolutions. Measured on CPU (see
-        ``a2d2c bench``), the per-sample grouped convolution loses whenever ``B > 1``,
-        so ``auto`` uses the kernel form only for a single sample, where it is a plain
-        convolution with the aggregated kernel.
+        An explicit ``impl`` is returned as is. ``impl="auto"`` takes the exact form with
+        the lowest :func:`estimate_costs` for this shape, device and mode: ``training``
+        (gradients flow; default: the module's ``training`` flag) or inference.
+        ``tracing=True`` (inside ``torch.compile`` or ONNX export, set by ``forward``)
+        excludes the grouped ``"kernel"`` method, whose number of groups is the batch
+        size, so that one traced graph serves every batch size.
         """
         if self.impl != "auto":
             return self.impl
-        return "kernel" if int(input_shape[0]) == 1 else "plus"
+        costs = self.estimate_costs(input_shape, training=training, device=device,
+                                    tracing=tracing)
+        return min(costs, key=costs.__getitem__)
 
-    def describe(self, input_shape: Sequence[int]) -> str:
-        """One line saying what a forward pass on ``input_shape`` computes and how."""
+    def estimate_costs(self, input_shape: Sequence[int], *, training: bool | None = None,
+                       device: torch.device | str | None = None,
+                       tracing: bool = False) -> dict[str, float]:
+        """Modelled cost of each exact form, in dense multiply-add equivalents per sample.
+
+        See :func:`estimate_costs`; ``"kernel"`` is left out when ``tracing``.
+        """
+        _b, c, h, w = (int(v) for v in input_shape)
+        ho, wo = self.geometry.output_size(h, w)
+        if training is None:
+            training = self.training
+        dev = torch.device(device) if device is not None else self.weight.device
+        costs = estimate_costs(
+            batch=None if tracing else _b, in_channels=c, out_channels=self.out_channels,
+            kernel_size=self.kernel_size, groups=self.groups, output_size=(ho, wo),
+            num_kernels=self.num_kernels, training=training, device_type=dev.type)
+        if tracing:
+            del costs["kernel"]
+        return costs
+
+    def describe(self, input_shape: Sequence[int], *, training: bool | None = None,
+                 device: torch.device | str | None = None) -> str:
+        """One line saying what a forward pass on ``input_shape`` computes and how.
+
+        With ``impl="auto"`` it lists the modelled cost of every candidate (see
+        :meth:`estimate_costs`), so the choice can be checked against ``a2d2c bench``.
+        """
         _b, _, h, w = input_shape
         ho, wo = self.geometry.output_size(int(h), int(w))
+        if training is None:
+            training = self.training
         mode = self._sampling_mode()
         m = min(self.num_points, ho * wo) if mode != "global" else ho * wo
-        return (f"A2D2Conv2d {self.in_channels}->{self.out_channels} on {tuple(input_shape)}: "
-                f"impl={self.resolve_impl(input_shape)} (requested {self.impl}), "
-                f"sampling={mode} with {m}/{ho * wo} positions x {self.num_draws} draws, "
-                f"K={self.num_kernels}, head={self.head}, tau={float(self.temperature):g}")
+        impl = self.resolve_impl(input_shape, training=training, device=device)
+        line = (f"A2D2Conv2d {self.in_channels}->{self.out_channels} on {tuple(input_shape)} "
+                f"({'training' if training else 'inference'}): impl={impl} "
+                f"(requested {self.impl}")
+        if self.impl == "auto":
+            costs = self.estimate_costs(input_shape, training=training, device=device)
+            line += "; modelled cost per sample " + ", ".join(
+                f"{name} {cost / 1e6:.3g}M" for name, cost in sorted(costs.items(),
+                                                                     key=lambda kv: kv[1]))
+        return (line + f"), sampling={mode} with {m}/{ho * wo} positions x {self.num_draws} "
+                f"draws, K={self.num_kernels}, head={self.head}, "
+                f"tau={float(self.temperature):g}")
 
     # ------------------------------------------------------------------ sampling
     def _sampling_mode(self) -> str:
@@ -322,9 +427,15 @@ class A2D2Conv2d(TemperatureMixin):
         else:
             idx = self._check_points(points, b, ho, wo).to(x.device)
         x, pad = self.geometry.pad_input(x)
-        if self.resolve_impl(x.shape) == "kernel":
-            return self._forward_kernel(x, pad, idx, ho, wo)
-        return self._forward_plus(x, pad, idx, ho, wo)
+        tracing = _is_tracing()
+        grads = torch.is_grad_enabled() and (x.requires_grad or self.weight.requires_grad)
+        impl = self.resolve_impl((b, *x.shape[1:]), training=grads, device=x.device,
+                                 tracing=tracing)
+        if impl == "plus":
+            return self._forward_plus(x, pad, idx, ho, wo)
+        return self._forward_kernel(x, pad, idx, ho, wo,
+                                    method="grouped" if impl == "kernel" else "unfold",
+                                    traceable=tracing)
 
     def _patch_means(self, x: Tensor, pad: tuple[int, int], idx: Tensor | None,
                      ho: int, wo: int) -> Tensor:
@@ -359,7 +470,8 @@ class A2D2Conv2d(TemperatureMixin):
         return means.view(b, n, kh * kw, c).transpose(2, 3)
 
     def _forward_kernel(self, x: Tensor, pad: tuple[int, int], idx: Tensor | None,
-                        ho: int, wo: int) -> Tensor:
+                        ho: int, wo: int, method: str = "grouped",
+                        traceable: bool = False) -> Tensor:
         b, c = x.shape[:2]
         k, o, g = self.num_kernels, self.out_channels, self.groups
         acc = self._acc_dtype()
@@ -376,7 +488,7 @@ class A2D2Conv2d(TemperatureMixin):
                 pbar = pbar + self.bias.to(acc)
             pi = self._attention(pbar)  # (B, K, O)
         return aggregated_conv2d(x, pi, self.weight, self.bias, self.stride, pad, self.dilation,
-                                 self.groups)
+                                 self.groups, method=method, traceable=traceable)
 
     def _forward_plus(self, x: Tensor, pad: tuple[int, int], idx: Tensor | None,
                       ho: int, wo: int) -> Tensor:
