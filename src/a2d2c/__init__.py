@@ -9,12 +9,18 @@ torch.Size([2, 32, 8, 8])
 from .convert import PLACEMENTS, convert
 from .layers import (
     A2D2Conv2d,
+    CondConv2d,
+    DCDConv2d,
+    DCDLinear,
+    DynamicConv2d,
+    ODConv2d,
     TemperatureMixin,
     create_conv2d,
     get_conv_layer,
     list_conv_layers,
     register_conv_layer,
 )
+from .models import create_model, list_models, register_model
 from .temperature import TemperatureScheduler, get_temperature, set_temperature
 
 __version__ = "0.1.0"
@@ -22,14 +28,22 @@ __version__ = "0.1.0"
 __all__ = [
     "PLACEMENTS",
     "A2D2Conv2d",
+    "CondConv2d",
+    "DCDConv2d",
+    "DCDLinear",
+    "DynamicConv2d",
+    "ODConv2d",
     "TemperatureMixin",
     "TemperatureScheduler",
     "__version__",
     "convert",
     "create_conv2d",
+    "create_model",
     "get_conv_layer",
     "get_temperature",
     "list_conv_layers",
+    "list_models",
     "register_conv_layer",
+    "register_model",
     "set_temperature",
 ]

@@ -17,6 +17,7 @@ __all__ = ["COMMANDS", "main"]
 # command name -> (module, one-line help)
 COMMANDS: dict[str, tuple[str, str]] = {
     "demo": ("a2d2c.cli.demo", "run the layer on random data and print what it computed"),
+    "profile": ("a2d2c.cli.profile", "parameters and MAdds of a model, or of the paper's tables"),
 }
 
 

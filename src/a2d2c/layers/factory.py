@@ -16,6 +16,10 @@ from collections.abc import Callable, Sequence
 from torch import nn
 
 from .a2d2c import A2D2Conv2d
+from .condconv import CondConv2d
+from .dcd import DCDConv2d
+from .dynamicconv import DynamicConv2d
+from .odconv import ODConv2d
 
 __all__ = ["create_conv2d", "get_conv_layer", "list_conv_layers", "register_conv_layer"]
 
@@ -89,3 +93,7 @@ def create_conv2d(
 register_conv_layer("static", nn.Conv2d)
 register_conv_layer("a2d2c", functools.partial(A2D2Conv2d, impl="kernel"))
 register_conv_layer("a2d2c+", functools.partial(A2D2Conv2d, impl="plus"))
+register_conv_layer("condconv", CondConv2d)
+register_conv_layer("dynamicconv", DynamicConv2d)
+register_conv_layer("dcd", DCDConv2d)
+register_conv_layer("odconv", ODConv2d)

@@ -1,0 +1,91 @@
+"""CondConv: conditionally parameterised convolution (Yang et al., NeurIPS 2019).
+
+``K`` expert kernels ``W_k`` are mixed per sample by a routing function
+``r = sigmoid(FC(GAP(x))) ∈ (0, 1)^K`` (independent sigmoids, *not* a softmax, so no
+temperature): ``y[b] = conv(x[b], Σ_k r[b, k] W_k) + Σ_k r[b, k] b_k``.
+The per-sample kernels are applied as one grouped convolution over the batch
+(:func:`a2d2c.layers._functional.aggregated_conv2d`), never a loop over samples.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+from torch import Tensor, nn
+
+from ._base import check_positive_int
+from ._dynamic_functional import DynamicConvBase, attention_dtype, init_like_conv2d, linear
+from ._functional import aggregated_conv2d
+
+__all__ = ["CondConv2d"]
+
+
+class CondConv2d(DynamicConvBase):
+    """CondConv, a drop-in for :class:`nn.Conv2d` with ``K`` routed expert kernels.
+
+    Args:
+        in_channels, out_channels, kernel_size, stride, padding, dilation, groups, bias,
+        padding_mode: as in :class:`torch.nn.Conv2d`.
+        num_kernels: ``K``, the number of experts (the paper's ResNet/MobileNet results
+            use 8).
+
+    Attributes:
+        weight: ``(K, O, C/groups, kh, kw)``, the experts.
+        bias: ``(K, O)`` or ``None``, mixed like the kernels.
+        routing: ``nn.Linear(C, K)`` on the globally average-pooled input.
+
+    Parameters: ``K·O·(C/g)·kh·kw + K·O·[bias] + C·K + K``.
+    Batch size 1 in training works: the routing has no normalisation layer.
+    """
+
+    def __init__(
+        self,
+        in_channels: int,
+        out_channels: int,
+        kernel_size: int | Sequence[int],
+        stride: int | Sequence[int] = 1,
+        padding: int | Sequence[int] | str = 0,
+        dilation: int | Sequence[int] = 1,
+        groups: int = 1,
+        bias: bool = True,
+        padding_mode: str = "zeros",
+        *,
+        num_kernels: int = 8,
+        device: torch.device | str | None = None,
+        dtype: torch.dtype | None = None,
+    ) -> None:
+        super().__init__()
+        g = self._init_geometry(in_channels, out_channels, kernel_size, stride, padding,
+                                dilation, groups, padding_mode)
+        self.num_kernels = check_positive_int(num_kernels, "num_kernels", "K")
+        factory = {"device": device, "dtype": dtype}
+        self.weight = nn.Parameter(torch.empty(num_kernels, out_channels, in_channels // groups,
+                                               *g.kernel_size, **factory))
+        self.bias = (nn.Parameter(torch.empty(num_kernels, out_channels, **factory)) if bias
+                     else None)
+        self.routing = nn.Linear(in_channels, num_kernels, **factory)
+        self.reset_parameters()
+
+    def reset_parameters(self) -> None:
+        """Every expert like ``nn.Conv2d``; the routing like ``nn.Linear``."""
+        init_like_conv2d(self.weight, self.bias)
+        self.routing.reset_parameters()
+
+    def extra_repr(self) -> str:
+        return self._geometry_repr(self.bias is not None) + f", K={self.num_kernels}"
+
+    def routing_weights(self, x: Tensor) -> Tensor:
+        """``r = sigmoid(FC(GAP(x)))``: ``(B, K)``, computed in at least float32."""
+        acc = attention_dtype(self.routing.weight)
+        with torch.autocast(x.device.type, enabled=False):
+            pooled = x.to(acc).mean((2, 3))
+            return torch.sigmoid(linear(self.routing, pooled))
+
+    def forward(self, x: Tensor) -> Tensor:
+        self._check_input(x)
+        r = self.routing_weights(x)
+        x, pad = self.geometry.pad_input(x)
+        pi = r.unsqueeze(-1).expand(-1, -1, self.out_channels)  # (B, K, O)
+        return aggregated_conv2d(x, pi, self.weight, self.bias, self.stride, pad,
+                                 self.dilation, self.groups)

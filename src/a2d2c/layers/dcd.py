@@ -1,0 +1,283 @@
+"""DCD: dynamic convolution decomposition (Li et al., ICLR 2021).
+
+"Revisiting Dynamic Convolution via Matrix Decomposition" writes the dynamic kernel as
+
+    W(x) = Λ(x) · W0 + P · Φ(x) · Qᵀ
+
+with ``W0`` a static kernel, ``Λ(x)`` a dynamic diagonal (channel-wise) attention over the
+``O`` output channels, and the *dynamic channel fusion* ``P Φ(x) Qᵀ``: ``Qᵀ`` compresses
+the ``C`` input channels to a latent space of dimension ``L``, the dynamic ``L×L`` matrix
+``Φ(x)`` fuses them, and ``P`` expands to the ``O`` outputs.
+
+**k×k convolutions.** As in the authors' code for ResNet, the dynamic residual ``P Φ Qᵀ``
+is a ``1×1`` term placed at the kernel's *centre tap* (``⌊(kh-1)/2⌋, ⌊(kw-1)/2⌋``): the
+paper's "sparse" extension, so ``Q`` and ``P`` cost ``C·L + L·O`` parameters whatever the
+kernel size. Per sample,
+
+    W(x)[o, c, i, j] = Λ(x)[o]·W0[o, c, i, j] + [i, j = centre]·(P (I + Φ̃(x)) Qᵀ)[o, c].
+
+**Φ.** As in the authors' code, ``Φ(x) = I + Φ̃(x)`` with ``Φ̃(x)`` the output of a linear
+head (so ``P Qᵀ`` is a static low-rank part and the head learns the dynamic change).
+
+**Attention** (the authors' code): ``y = AdaptiveAvgPool_{p×p}(x)`` (``p = pool_size``;
+1 in the paper and for ResNet-50, 2 for their ResNet-18), ``s = FC(y)`` (``p²C → h``, no
+bias), an SE gate ``s ← s · hsig(FC_se(s))`` (``h → h``, no bias), then
+``Φ̃ = FC_φ(s)`` (``h → L²``) and ``Λ = hsig(FC_λ(s))`` (``h → O``), with
+``hsig(z) = relu6(z + 3)/3 ∈ [0, 2]`` and ``h = max(int(max(p²C, L²)·r), min_hidden)``.
+
+**Normalisation.** The authors' code puts a BatchNorm after ``Qᵀ`` and after ``Φ`` in the
+latent space. Those normalise over batch *and* spatial positions, so they are not a
+function of one sample and ``W(x)`` would stop being a per-sample kernel in training;
+they are left out (4L parameters per layer fewer). Nothing else normalises, so batch
+size 1 works in training.
+
+**Computation** (exact, no per-sample loop): ``y = Λ ⊙ (conv(x, W0) + b) + P(Φ(Qᵀ x_c))``,
+where ``x_c`` is the input under the centre tap of every output position (a strided
+slice), ``Φ`` applied per sample as a batched matrix product in the latent space.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from ._base import check_positive_int
+from ._dynamic_functional import (
+    DynamicConvBase,
+    attention_dtype,
+    check_ratio,
+    hard_sigmoid,
+    init_like_conv2d,
+    linear,
+)
+
+__all__ = ["LATENT_RULES", "DCDConv2d", "DCDLinear", "dcd_latent_dim"]
+
+LATENT_RULES = ("paper", "sqrt")
+
+
+def dcd_latent_dim(in_channels: int, rule: str | int = "paper", pool_size: int = 1) -> int:
+    """The latent dimension ``L`` of a DCD layer.
+
+    ``"paper"``: ``L = ⌊C / 2^⌊log₂ √C⌋⌋`` (the paper, §3.2); ``"sqrt"``: ``L = ⌊√(p²·C)⌋``
+    with ``p = pool_size`` (the authors' code: ``⌊√(4C)⌋`` in their ResNet-18,
+    ``⌊√C⌋`` in their ResNet-50); an int is used as it is.
+    """
+    if isinstance(rule, bool):
+        raise TypeError(f"latent_dim must be an int or one of {LATENT_RULES}, got {rule!r}")
+    if isinstance(rule, int):
+        return check_positive_int(rule, "latent_dim", "L")
+    if rule == "paper":
+        return max(in_channels // 2 ** math.floor(math.log2(math.sqrt(in_channels))), 1)
+    if rule == "sqrt":
+        return max(math.isqrt(pool_size * pool_size * in_channels), 1)
+    raise ValueError(f"latent_dim must be an int >= 1 or one of {LATENT_RULES}, got {rule!r}")
+
+
+def _dcd_heads(layer: nn.Module, y: Tensor) -> tuple[Tensor, Tensor]:
+    """The DCD attention on a descriptor ``y`` (B, d): ``(Λ (B, O), Φ = I + Φ̃ (B, L, L))``.
+
+    ``s = FC(y)``, ``s ← s·hsig(FC_se(s))``, ``Φ̃ = FC_φ(s)``, ``Λ = hsig(FC_λ(s))``; the
+    layer provides ``fc, fc_se, fc_phi, fc_scale`` and ``latent_dim``.
+    """
+    n_lat = layer.latent_dim
+    s = linear(layer.fc, y)
+    s = s * hard_sigmoid(linear(layer.fc_se, s))
+    phi = linear(layer.fc_phi, s).view(y.shape[0], n_lat, n_lat)
+    phi = phi + torch.eye(n_lat, dtype=y.dtype, device=y.device)
+    return hard_sigmoid(linear(layer.fc_scale, s)), phi
+
+
+class DCDConv2d(DynamicConvBase):
+    """Dynamic convolution decomposition, a drop-in for :class:`nn.Conv2d` (``groups=1``).
+
+    Args:
+        in_channels, out_channels, kernel_size, stride, padding, dilation, bias,
+        padding_mode: as in :class:`torch.nn.Conv2d`. ``groups`` must be 1: the dynamic
+            channel fusion mixes all input channels.
+        latent_dim: ``L``, an int or a rule of :func:`dcd_latent_dim` (``"paper"``,
+            ``"sqrt"``).
+        pool_size: ``p``, the attention pools the input to ``p×p`` (1 or 2 in the
+            authors' models).
+        reduction: ``r``, ``h = max(int(max(p²C, L²)·r), min_hidden)``.
+        min_hidden: 4 in the authors' code.
+        num_kernels: accepted for the factory's common interface; DCD has one static
+            kernel, so it must be 1.
+
+    Attributes:
+        weight: ``(O, C, kh, kw)``, the static ``W0``; bias: ``(O,)`` or ``None``, part of
+            the static filter and scaled by ``Λ`` with it (the authors' layers have none).
+        q: ``(L, C)``, ``Qᵀ``; p: ``(O, L)``, ``P``.
+        fc ``(p²C → h)``, fc_se ``(h → h)``, fc_phi ``(h → L²)``, fc_scale ``(h → O)``,
+        all without bias.
+
+    Parameters: ``O·C·kh·kw + O·[bias] + L·C + O·L + p²C·h + h² + h·L² + h·O``.
+    """
+
+    def __init__(
+        self,
+        in_channels: int,
+        out_channels: int,
+        kernel_size: int | Sequence[int],
+        stride: int | Sequence[int] = 1,
+        padding: int | Sequence[int] | str = 0,
+        dilation: int | Sequence[int] = 1,
+        groups: int = 1,
+        bias: bool = True,
+        padding_mode: str = "zeros",
+        *,
+        num_kernels: int = 1,
+        latent_dim: int | str = "paper",
+        pool_size: int = 1,
+        reduction: float = 0.0625,
+        min_hidden: int = 4,
+        device: torch.device | str | None = None,
+        dtype: torch.dtype | None = None,
+    ) -> None:
+        super().__init__()
+        g = self._init_geometry(in_channels, out_channels, kernel_size, stride, padding,
+                                dilation, groups, padding_mode)
+        if groups != 1:
+            raise ValueError(f"DCDConv2d supports groups=1 only (the dynamic channel fusion "
+                             f"mixes all input channels), got groups={groups}")
+        check_positive_int(num_kernels, "num_kernels", "K")
+        if num_kernels != 1:
+            raise ValueError(f"DCDConv2d has one static kernel W0 and a dynamic residual, so "
+                             f"num_kernels (K) must be 1, got {num_kernels}")
+        self.num_kernels = 1
+        self.pool_size = check_positive_int(pool_size, "pool_size")
+        self.latent_dim = dcd_latent_dim(in_channels, latent_dim, self.pool_size)
+        self.latent_rule = latent_dim
+        self.reduction = check_ratio(reduction, "reduction")
+        self.min_hidden = check_positive_int(min_hidden, "min_hidden")
+        pooled = self.pool_size * self.pool_size * in_channels
+        n_lat = self.latent_dim
+        h = self.hidden_channels = max(int(max(pooled, n_lat * n_lat) * self.reduction),
+                                       self.min_hidden)
+        factory = {"device": device, "dtype": dtype}
+        self.weight = nn.Parameter(torch.empty(out_channels, in_channels, *g.kernel_size,
+                                               **factory))
+        self.bias = nn.Parameter(torch.empty(out_channels, **factory)) if bias else None
+        self.q = nn.Parameter(torch.empty(n_lat, in_channels, **factory))
+        self.p = nn.Parameter(torch.empty(out_channels, n_lat, **factory))
+        self.fc = nn.Linear(pooled, h, bias=False, **factory)
+        self.fc_se = nn.Linear(h, h, bias=False, **factory)
+        self.fc_phi = nn.Linear(h, n_lat * n_lat, bias=False, **factory)
+        self.fc_scale = nn.Linear(h, out_channels, bias=False, **factory)
+        self.centre = ((g.kernel_size[0] - 1) // 2, (g.kernel_size[1] - 1) // 2)
+        self.reset_parameters()
+
+    def reset_parameters(self) -> None:
+        """``W0`` like ``nn.Conv2d``, ``Qᵀ``, ``P`` like ``1×1`` convs, FCs like ``nn.Linear``."""
+        init_like_conv2d(self.weight, self.bias)
+        init_like_conv2d(self.q[:, :, None, None], None)
+        init_like_conv2d(self.p[:, :, None, None], None)
+        for fc in (self.fc, self.fc_se, self.fc_phi, self.fc_scale):
+            fc.reset_parameters()
+
+    def extra_repr(self) -> str:
+        return (self._geometry_repr(self.bias is not None)
+                + f", L={self.latent_dim}, pool={self.pool_size}, hidden={self.hidden_channels}")
+
+    def attention(self, x: Tensor) -> tuple[Tensor, Tensor]:
+        """``(Λ, Φ)`` for input ``x``: ``(B, O)`` and ``(B, L, L)`` (``Φ = I + Φ̃``)."""
+        acc = attention_dtype(self.weight)
+        with torch.autocast(x.device.type, enabled=False):
+            y = F.adaptive_avg_pool2d(x.to(acc), self.pool_size).reshape(x.shape[0], -1)
+            return _dcd_heads(self, y)
+
+    def _centre_input(self, x: Tensor, pad: tuple[int, int], ho: int, wo: int) -> Tensor:
+        """The input under the kernel's centre tap at every output position: (B, C, H', W')."""
+        (sh, sw), (dh, dw), (ph, pw) = self.stride, self.dilation, pad
+        top, left = self.centre[0] * dh - ph, self.centre[1] * dw - pw
+        h, w = x.shape[2:]
+        if top < 0 or left < 0 or top + (ho - 1) * sh >= h or left + (wo - 1) * sw >= w:
+            x = F.pad(x, (pw, pw, ph, ph))
+            top, left = top + ph, left + pw
+        return x[:, :, top: top + (ho - 1) * sh + 1: sh, left: left + (wo - 1) * sw + 1: sw]
+
+    def forward(self, x: Tensor) -> Tensor:
+        self._check_input(x)
+        scale, phi = self.attention(x)
+        x, pad = self.geometry.pad_input(x)
+        y = F.conv2d(x, self.weight, self.bias, self.stride, pad, self.dilation)
+        b, _, ho, wo = y.shape
+        y = y * scale.to(y.dtype)[:, :, None, None]
+        z = F.conv2d(self._centre_input(x, pad, ho, wo), self.q[:, :, None, None])
+        z = torch.bmm(phi.to(z.dtype), z.reshape(b, self.latent_dim, ho * wo))
+        return y + F.conv2d(z.view(b, self.latent_dim, ho, wo), self.p[:, :, None, None])
+
+
+class DCDLinear(nn.Module):
+    """DCD applied to a fully connected layer: the authors' dynamic classifier ("DYCls").
+
+    ``W(x) = Λ(x)·W0 + P·Φ(x)·Qᵀ`` as in :class:`DCDConv2d`, on a vector input:
+    ``y = Λ(x) ⊙ (W0 x + b) + P (I + Φ̃(x)) Qᵀ x``, the attention computed from ``x``
+    itself (``FC: C → h``, SE gate, ``FC_φ: h → L²``, ``FC_λ: h → O``). The published
+    DCD ResNet-18 count (14.70M) includes this classifier (``L = h = 32``); its two latent
+    BatchNorms are left out for the same reason as in :class:`DCDConv2d` (on a ``(B, L)``
+    tensor they also make batch size 1 untrainable).
+
+    Args:
+        in_features, out_features, bias: as in :class:`torch.nn.Linear`.
+        latent_dim: ``L`` (32 in the authors' code).
+        hidden: ``h``, the attention's width (32 in the authors' code).
+
+    Parameters: ``O·C + O·[bias] + L·C + O·L + C·h + h² + h·L² + h·O``.
+    """
+
+    def __init__(
+        self,
+        in_features: int,
+        out_features: int,
+        bias: bool = True,
+        *,
+        latent_dim: int = 32,
+        hidden: int = 32,
+        device: torch.device | str | None = None,
+        dtype: torch.dtype | None = None,
+    ) -> None:
+        super().__init__()
+        self.in_features = check_positive_int(in_features, "in_features")
+        self.out_features = check_positive_int(out_features, "out_features")
+        self.latent_dim = check_positive_int(latent_dim, "latent_dim", "L")
+        self.hidden_channels = check_positive_int(hidden, "hidden")
+        factory = {"device": device, "dtype": dtype}
+        self.weight = nn.Parameter(torch.empty(out_features, in_features, **factory))
+        self.bias = nn.Parameter(torch.empty(out_features, **factory)) if bias else None
+        self.q = nn.Parameter(torch.empty(latent_dim, in_features, **factory))
+        self.p = nn.Parameter(torch.empty(out_features, latent_dim, **factory))
+        self.fc = nn.Linear(in_features, hidden, bias=False, **factory)
+        self.fc_se = nn.Linear(hidden, hidden, bias=False, **factory)
+        self.fc_phi = nn.Linear(hidden, latent_dim * latent_dim, bias=False, **factory)
+        self.fc_scale = nn.Linear(hidden, out_features, bias=False, **factory)
+        self.reset_parameters()
+
+    def reset_parameters(self) -> None:
+        """``W0``, ``b``, ``Qᵀ``, ``P`` and the FCs like ``nn.Linear``."""
+        init_like_conv2d(self.weight[:, :, None, None], self.bias)
+        init_like_conv2d(self.q[:, :, None, None], None)
+        init_like_conv2d(self.p[:, :, None, None], None)
+        for fc in (self.fc, self.fc_se, self.fc_phi, self.fc_scale):
+            fc.reset_parameters()
+
+    def extra_repr(self) -> str:
+        return (f"in_features={self.in_features}, out_features={self.out_features}, "
+                f"bias={self.bias is not None}, L={self.latent_dim}, hidden={self.hidden_channels}")
+
+    def forward(self, x: Tensor) -> Tensor:
+        if not isinstance(x, Tensor) or x.dim() != 2 or x.shape[1] != self.in_features:
+            shape = tuple(x.shape) if isinstance(x, Tensor) else type(x).__name__
+            raise ValueError(f"DCDLinear expects input of shape (B, {self.in_features}), "
+                             f"got {shape}")
+        acc = attention_dtype(self.weight)
+        with torch.autocast(x.device.type, enabled=False):
+            scale, phi = _dcd_heads(self, x.to(acc))
+        y = F.linear(x, self.weight, self.bias) * scale.to(x.dtype)
+        z = F.linear(x, self.q)  # (B, L)
+        z = torch.bmm(phi.to(z.dtype), z.unsqueeze(-1)).squeeze(-1)
+        return y + F.linear(z, self.p)
