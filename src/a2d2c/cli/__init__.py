@@ -18,6 +18,7 @@ __all__ = ["COMMANDS", "main"]
 COMMANDS: dict[str, tuple[str, str]] = {
     "demo": ("a2d2c.cli.demo", "run the layer on random data and print what it computed"),
     "profile": ("a2d2c.cli.profile", "parameters and MAdds of a model, or of the paper's tables"),
+    "bench": ("a2d2c.cli.bench", "speed and memory of static, A2D2C and baselines"),
 }
 
 
@@ -32,6 +33,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    from ..allocator import tune_allocator
+
+    tune_allocator()  # glibc keeps freed blocks (a2d2c.allocator; A2D2C_MALLOC_TUNING=0: off)
     argv = list(sys.argv[1:] if argv is None else argv)
     parser = build_parser()
     if not argv or argv[0] not in COMMANDS:

@@ -28,6 +28,7 @@ both against a per-sample loop). ``impl="auto"`` chooses per call, see
 from __future__ import annotations
 
 import math
+import random
 from collections.abc import Sequence
 
 import torch
@@ -304,13 +305,14 @@ class A2D2Conv2d(TemperatureMixin):
 
         See :func:`estimate_costs`; ``"kernel"`` is left out when ``tracing``.
         """
-        _b, c, h, w = (int(v) for v in input_shape)
+        # int() only on C, H, W: the batch size stays symbolic while tracing.
+        _b, c, h, w = input_shape[0], int(input_shape[1]), int(input_shape[2]), int(input_shape[3])
         ho, wo = self.geometry.output_size(h, w)
         if training is None:
             training = self.training
         dev = torch.device(device) if device is not None else self.weight.device
         costs = estimate_costs(
-            batch=None if tracing else _b, in_channels=c, out_channels=self.out_channels,
+            batch=None if tracing else int(_b), in_channels=c, out_channels=self.out_channels,
             kernel_size=self.kernel_size, groups=self.groups, output_size=(ho, wo),
             num_kernels=self.num_kernels, training=training, device_type=dev.type)
         if tracing:
@@ -353,12 +355,15 @@ class A2D2Conv2d(TemperatureMixin):
         key = (ho, wo, str(device))
         pts = self._fixed_points.get(key)
         if pts is None:
-            # A CPU generator seeded from (seed, output size) gives the same sets in every
-            # process and on every device.
-            gen = torch.Generator().manual_seed(self.fixed_seed * 1_000_003 + ho * 10_007 + wo)
-            pts = torch.stack([torch.randperm(ho * wo, generator=gen)[: self.num_points]
-                               for _ in range(self.num_draws)]).to(device)
-            self._fixed_points[key] = pts
+            # Python's Mersenne Twister seeded from (seed, output size) gives the same sets
+            # in every process and on every device, and is a constant to graph capture
+            # (ONNX export, torch.compile), unlike a torch.Generator.
+            rng = random.Random(self.fixed_seed * 1_000_003 + ho * 10_007 + wo)
+            pts = torch.tensor([rng.sample(range(ho * wo), min(self.num_points, ho * wo))
+                                for _ in range(self.num_draws)], dtype=torch.long,
+                               device=device)
+            if not _is_tracing():  # never cache a traced (fake) tensor
+                self._fixed_points[key] = pts
         return pts
 
     def sample_points(self, batch_size: int, output_size: Sequence[int],
