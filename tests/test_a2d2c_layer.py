@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import itertools
 import math
+import os
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 import torch
@@ -237,6 +239,13 @@ _FIXED_SNIPPET = (
 )
 
 
+def _same_source_env() -> dict[str, str]:
+    """Environment under which a subprocess imports this very a2d2c source tree."""
+    src = str(Path(a2d2c.__file__).resolve().parent.parent)
+    return {**os.environ, "PYTHONPATH": os.pathsep.join(
+        [src, *filter(None, [os.environ.get("PYTHONPATH")])])}
+
+
 def test_fixed_points_identical_across_processes_and_inputs():
     layer = A2D2Conv2d(1, 1, 3, padding=1, num_points=7, num_draws=2, sampling="fixed")
     here = layer.sample_points(3, (9, 11))
@@ -246,7 +255,8 @@ def test_fixed_points_identical_across_processes_and_inputs():
     assert torch.equal(again.sample_points(1, (9, 11))[0], here[0])
     for seed in (1, 2):
         out = subprocess.run([sys.executable, "-c", _FIXED_SNIPPET.format(seed=seed)],
-                             capture_output=True, text=True, check=True).stdout
+                             capture_output=True, text=True, check=True, env=_same_source_env()
+                             ).stdout
         assert eval(out) == here[0].tolist()
     # eval_sampling="fixed" turns random sampling into the fixed sets in eval()
     rnd = A2D2Conv2d(1, 1, 3, padding=1, num_points=7, num_draws=2, eval_sampling="fixed").eval()
@@ -265,6 +275,16 @@ def test_eval_is_deterministic_and_global_by_default():
 @pytest.mark.parametrize("impl", EXACT_IMPLS)
 @pytest.mark.parametrize("head", ["direct", "mlp"])
 def test_gradcheck(impl, head):
+    # hundreds of tiny forwards: one thread avoids OpenMP stalls on a shared machine
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        _gradcheck(impl, head)
+    finally:
+        torch.set_num_threads(threads)
+
+
+def _gradcheck(impl, head):
     torch.manual_seed(0)
     layer = A2D2Conv2d(2, 4, 3, stride=2, padding=1, num_kernels=3, num_points=3, num_draws=2,
                        head=head, impl=impl, dtype=torch.float64)
