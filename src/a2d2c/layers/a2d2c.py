@@ -456,9 +456,9 @@ class A2D2Conv2d(TemperatureMixin):
                      for i in range(kh) for j in range(kw)]
             return torch.stack(means, dim=-1).unsqueeze(1)
         # Sampled positions: one bag of M input pixels per (sample, draw, kernel offset),
-        # averaged by embedding_bag over the pixels as rows of a (B·H·W + 1, C) table whose
-        # last row is zero (it stands for zero padding). Nothing of size B·C·M·kh·kw is
-        # materialised, and backward saves only the indices.
+        # summed by embedding_bag over the pixels as rows of a (B·H·W, C) table (a view for
+        # channels_last input) with weight 1/M, or 0 for a position in the zero padding.
+        # Nothing of size B·C·M·kh·kw is materialised, and backward saves only indices.
         n, m = idx.shape[1], idx.shape[2]
         oy = torch.div(idx, wo, rounding_mode="floor")
         ox = idx - oy * wo
@@ -468,10 +468,13 @@ class A2D2Conv2d(TemperatureMixin):
         ix = (ox * sw - pw).unsqueeze(-1) + dx
         inside = (iy >= 0) & (iy < h) & (ix >= 0) & (ix < w)
         sample = torch.arange(b, device=x.device).view(b, 1, 1, 1) * (h * w)
-        rows = torch.where(inside, sample + iy * w + ix, b * h * w)  # (B, N, M, kh·kw)
-        table = F.pad(x.permute(0, 2, 3, 1).reshape(b * h * w, c), (0, 0, 0, 1))
+        rows = torch.where(inside, sample + iy * w + ix, 0)  # (B, N, M, kh·kw)
+        weights = inside.to(x.dtype) / m
+        table = x.permute(0, 2, 3, 1).reshape(b * h * w, c)
         bags = rows.permute(0, 1, 3, 2).reshape(b * n * kh * kw, m)
-        means = F.embedding_bag(bags, table, mode="mean")  # (B·N·kh·kw, C)
+        means = F.embedding_bag(bags, table, mode="sum",  # (B·N·kh·kw, C)
+                                per_sample_weights=weights.permute(0, 1, 3, 2).reshape(
+                                    b * n * kh * kw, m))
         return means.view(b, n, kh * kw, c).transpose(2, 3)
 
     def _forward_kernel(self, x: Tensor, pad: tuple[int, int], idx: Tensor | None,
