@@ -422,6 +422,16 @@ def format_rows(rows: Sequence[dict]) -> str:
     return "\n".join(lines)
 
 
+def _write_csv(path: Path, rows: Sequence[dict]) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with path.open("w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=CSV_COLUMNS)
+        writer.writeheader()
+        for row in rows:
+            writer.writerow({k: (f"{v:.4g}" if isinstance(v, float) else v)
+                             for k, v in row.items() if k in CSV_COLUMNS})
+
+
 def run_benchmark(
     cases: Sequence[Case],
     *,
@@ -460,21 +470,15 @@ def run_benchmark(
         f"{dtype}, channels_last={channels_last}, {repeats} repeats, allocator "
         f"{allocator_state()}, torch {torch.__version__}, {platform.machine()}")
     rows: list[dict] = []
+    path = None if out_dir is None else Path(out_dir) / csv_name(preset, device, dtype)
     for case in cases:
         case_rows = _run_case(case, chosen, device, amp[dtype], channels_last, repeats, warmup,
                               log)
         rows += case_rows
         log(format_rows(case_rows))
-    path = None
-    if out_dir is not None:
-        path = Path(out_dir) / csv_name(preset, device, dtype)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        with path.open("w", newline="") as f:
-            writer = csv.DictWriter(f, fieldnames=CSV_COLUMNS)
-            writer.writeheader()
-            for row in rows:
-                writer.writerow({k: (f"{v:.4g}" if isinstance(v, float) else v)
-                                 for k, v in row.items() if k in CSV_COLUMNS})
+        if path is not None:  # rewritten after every case: an interrupted run keeps its rows
+            _write_csv(path, rows)
+    if path is not None:
         log(f"wrote {path}")
     return rows, path
 
