@@ -167,3 +167,17 @@ def test_bench_smoke_writes_csv_with_finite_ratios(tmp_path, one_thread):
         assert math.isfinite(row["ratio"]) and math.isfinite(row["saved_ratio"])
     auto = next(r for r in model_rows if r["variant"] == "a2d2c:auto")
     assert auto["resolved"]  # which form each A²D²C layer took
+
+
+@pytest.mark.parametrize("k,stride,pad,dil", [(3, 1, 1, 1), (3, 2, 1, 1), (5, 3, 4, 2),
+                                              (1, 2, 0, 1), (3, 1, 0, 2)])
+def test_global_patch_means_equal_unfold_mean(k, stride, pad, dil):
+    """The all-positions descriptor input: the mean im2col column, in every geometry."""
+    torch.manual_seed(0)
+    layer = A2D2Conv2d(3, 4, k, stride=stride, padding=pad, dilation=dil, sampling="global",
+                       dtype=torch.float64)
+    x = torch.randn(2, 3, 9, 10, dtype=torch.float64)
+    ho, wo = output_hw(layer, 9, 10)
+    got = layer._patch_means(x, (pad, pad), None, ho, wo)
+    cols = torch.nn.functional.unfold(x, k, dilation=dil, padding=pad, stride=stride)
+    torch.testing.assert_close(got, cols.mean(-1).view(2, 1, 3, k * k), rtol=1e-12, atol=1e-12)

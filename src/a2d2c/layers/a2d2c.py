@@ -449,12 +449,21 @@ class A2D2Conv2d(TemperatureMixin):
         (kh, kw), (sh, sw), (dh, dw), (ph, pw) = (self.kernel_size, self.stride, self.dilation,
                                                   pad)
         if idx is None:
-            # All positions: for each kernel offset, the mean of a strided window.
-            xp = F.pad(x, (pw, pw, ph, ph)) if ph or pw else x
-            means = [xp[:, :, i * dh: i * dh + (ho - 1) * sh + 1: sh,
-                        j * dw: j * dw + (wo - 1) * sw + 1: sw].mean((2, 3))
-                     for i in range(kh) for j in range(kw)]
-            return torch.stack(means, dim=-1).unsqueeze(1)
+            # All positions: for kernel offset (i, j) the sum of x over the strided grid of
+            # rows i·dh - ph + y·sh and columns j·dw - pw + x·sw that fall inside the input
+            # (padding adds zeros). Rows first: kh strided passes over x, then kw cheap
+            # column sums of each (B, C, W) row sum; no padded copy of x.
+            def span(offset: int, pad: int, step: int, count: int, size: int) -> slice:
+                first = offset - pad  # input index of output position 0
+                lo = 0 if first >= 0 else (-first + step - 1) // step  # first y inside
+                hi = min(count - 1, (size - 1 - first) // step) if first < size else -1
+                if hi < lo:
+                    return slice(0, 0)
+                return slice(first + lo * step, first + hi * step + 1, step)
+
+            rows = [x[:, :, span(i * dh, ph, sh, ho, h), :].sum(2) for i in range(kh)]
+            means = [r[:, :, span(j * dw, pw, sw, wo, w)].sum(2) for r in rows for j in range(kw)]
+            return (torch.stack(means, dim=-1) / (ho * wo)).unsqueeze(1)
         # Sampled positions: one bag of M input pixels per (sample, draw, kernel offset),
         # summed by embedding_bag over the pixels as rows of a (B·H·W, C) table (a view for
         # channels_last input) with weight 1/M, or 0 for a position in the zero padding.
