@@ -181,3 +181,33 @@ def test_global_patch_means_equal_unfold_mean(k, stride, pad, dil):
     got = layer._patch_means(x, (pad, pad), None, ho, wo)
     cols = torch.nn.functional.unfold(x, k, dilation=dil, padding=pad, stride=stride)
     torch.testing.assert_close(got, cols.mean(-1).view(2, 1, 3, k * k), rtol=1e-12, atol=1e-12)
+
+
+@pytest.mark.parametrize("geometry", [dict(), dict(stride=2, padding=0, bias=False),
+                                      dict(kernel_size=1, padding=0),
+                                      dict(padding=(1, 2), dilation=2)])
+@pytest.mark.parametrize("batch,draws", [(1, 1), (3, 2)])
+def test_blocked_inference_path_matches_loop_oracle(geometry, batch, draws):
+    """No grad + direct head + groups=1 takes the cache-blocked inference path."""
+    torch.manual_seed(0)
+    layer = make_layer(num_kernels=3, num_points=5, num_draws=draws, impl="kernel", **geometry)
+    x = torch.randn(batch, 4, 9, 8, dtype=torch.float64)
+    ho, wo = output_hw(layer, 9, 8)
+    pts = random_points(batch, draws, 5, ho * wo, torch.Generator().manual_seed(1))
+    calls = []
+    original = layer._infer_kernel_blocked
+
+    def spy(*args, **kwargs):
+        calls.append(1)
+        return original(*args, **kwargs)
+
+    layer._infer_kernel_blocked = spy
+    with torch.no_grad():
+        got = layer(x, points=pts)
+        got_global = layer.eval()(x)
+        # blocks of two output channels: the loop over blocks is exercised too
+        small = original(x, layer.padding, None, ho, wo, block_bytes=2 * 3 * 4 * 9 * 8)
+    assert len(calls) == 2
+    torch.testing.assert_close(got, oracle(layer, x, pts), rtol=1e-10, atol=1e-10)
+    torch.testing.assert_close(got_global, oracle(layer, x, None), rtol=1e-10, atol=1e-10)
+    torch.testing.assert_close(small, got_global, rtol=1e-12, atol=1e-12)

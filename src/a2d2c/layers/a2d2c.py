@@ -492,6 +492,10 @@ class A2D2Conv2d(TemperatureMixin):
         b, c = x.shape[:2]
         k, o, g = self.num_kernels, self.out_channels, self.groups
         acc = self._acc_dtype()
+        grads = torch.is_grad_enabled() and (x.requires_grad or self.weight.requires_grad)
+        if (not grads and not traceable and method == "grouped" and self.head == "direct"
+                and g == 1):
+            return self._infer_kernel_blocked(x, pad, idx, ho, wo)
         with torch.autocast(x.device.type, enabled=False):
             patches = self._patch_means(x.to(acc), pad, idx, ho, wo)  # (B, N, C, T)
             n = patches.shape[1]
@@ -506,6 +510,52 @@ class A2D2Conv2d(TemperatureMixin):
             pi = self._attention(pbar)  # (B, K, O)
         return aggregated_conv2d(x, pi, self.weight, self.bias, self.stride, pad, self.dilation,
                                  self.groups, method=method, traceable=traceable)
+
+    def _infer_kernel_blocked(self, x: Tensor, pad: tuple[int, int], idx: Tensor | None,
+                              ho: int, wo: int, block_bytes: int = 1 << 22) -> Tensor:
+        """Kernel form without autograd, ``direct`` head, ``groups=1``: one weight read.
+
+        With the ``direct`` head the softmax is per output channel, so the descriptor
+        ``p̄ = W_k · mean patch + b_k``, the softmax and the kernel mix can run per block of
+        output channels while the block's ``K`` weight rows are in cache: every base
+        weight is read from memory once instead of twice (at batch 1 a late layer is bound
+        by exactly that traffic). Same operations per element as the general path.
+        """
+        b = x.shape[0]
+        k, o = self.num_kernels, self.out_channels
+        acc = self._acc_dtype()
+        cdt = torch.get_autocast_dtype(x.device.type) if torch.is_autocast_enabled(
+            x.device.type) else x.dtype
+        with torch.autocast(x.device.type, enabled=False):
+            patches = self._patch_means(x.to(acc), pad, idx, ho, wo)  # (B, N, C, T)
+            n = patches.shape[1]
+            patches = patches.reshape(b, n, -1)  # (B, N, m), m in the weight's (C, kh, kw) order
+            weight = self.weight.reshape(k, o, -1)
+            m = weight.shape[2]
+            kernels = torch.empty(b, o, m, dtype=self.weight.dtype, device=x.device)
+            pi = torch.empty(b, k, o, dtype=acc, device=x.device)
+            step = max(1, block_bytes // max(1, k * m * weight.element_size()))
+            for start in range(0, o, step):
+                stop = min(o, start + step)
+                w_blk = weight[:, start:stop]  # (K, Ob, m)
+                pbar = torch.einsum("kom,bnm->bnko", w_blk.to(acc), patches)
+                if self.bias is not None:
+                    pbar = pbar + self.bias[:, start:stop].to(acc)
+                pi_blk = self._attention(pbar)  # (B, K, Ob)
+                pi[:, :, start:stop] = pi_blk
+                p = pi_blk.to(weight.dtype).unsqueeze(-1)
+                out = kernels[:, start:stop]
+                torch.mul(p[:, 0], w_blk[0], out=out)
+                for j in range(1, k):
+                    out.addcmul_(p[:, j], w_blk[j])
+            agg_bias = None
+            if self.bias is not None:
+                agg_bias = torch.einsum("bko,ko->bo", pi.to(self.bias.dtype), self.bias)
+            y = F.conv2d(x.reshape(1, -1, *x.shape[2:]).to(cdt),
+                         kernels.view(b * o, -1, *self.kernel_size).to(cdt),
+                         None if agg_bias is None else agg_bias.reshape(-1).to(cdt),
+                         self.stride, pad, self.dilation, b)
+        return y.view(b, o, *y.shape[2:])
 
     def _forward_plus(self, x: Tensor, pad: tuple[int, int], idx: Tensor | None,
                       ho: int, wo: int) -> Tensor:
