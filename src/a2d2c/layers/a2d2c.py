@@ -534,11 +534,13 @@ class A2D2Conv2d(TemperatureMixin):
             m = weight.shape[2]
             kernels = torch.empty(b, o, m, dtype=self.weight.dtype, device=x.device)
             pi = torch.empty(b, k, o, dtype=acc, device=x.device)
+            cols = patches.reshape(b * n, m).t()  # (m, B·N)
             step = max(1, block_bytes // max(1, k * m * weight.element_size()))
             for start in range(0, o, step):
                 stop = min(o, start + step)
                 w_blk = weight[:, start:stop]  # (K, Ob, m)
-                pbar = torch.einsum("kom,bnm->bnko", w_blk.to(acc), patches)
+                pbar = torch.matmul(w_blk.to(acc), cols).permute(2, 0, 1).reshape(
+                    b, n, k, stop - start)  # (K, Ob, B·N) -> (B, N, K, Ob)
                 if self.bias is not None:
                     pbar = pbar + self.bias[:, start:stop].to(acc)
                 pi_blk = self._attention(pbar)  # (B, K, Ob)
