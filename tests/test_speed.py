@@ -23,7 +23,7 @@ def one_thread():
     torch.set_num_threads(threads)
 
 
-@pytest.mark.parametrize("impl", ["auto", "kernel", "unfold", "plus"])
+@pytest.mark.parametrize("impl", ["auto", "kernel"])  # auto -> unfold or plus when tracing
 def test_traceable_path_matches_loop_oracle(impl, monkeypatch):
     """What compile/export run (plain ops, no custom autograd) against the loop oracle."""
     monkeypatch.setattr(a2d2c_module, "_is_tracing", lambda: True)
