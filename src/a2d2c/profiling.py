@@ -77,7 +77,7 @@ class MAddsReport:
 
 def dynamic_layer_summary(forms: Sequence[str]) -> str:
     counts = Counter(forms)
-    return ", ".join(f"{n}x {f}" for f, n in counts.items()) or "static convolutions only"
+    return ", ".join(f"{n}x {f}" for f, n in counts.items()) or "no dynamic layers"
 
 
 def _form(module: nn.Module, shape: tuple[int, ...]) -> str | None:
@@ -120,8 +120,6 @@ def count_madds(
     forms: list[str] = []
     hooks = []
     for m in model.modules():
-        if m is model:
-            continue
         if hasattr(m, "resolve_impl") or (hasattr(m, "num_kernels") and "Conv" in
                                           type(m).__name__):
             hooks.append(m.register_forward_pre_hook(

@@ -58,7 +58,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def _fmt_count(n: float, unit: str) -> str:
-    return f"{n / 1e9:.3f}G" if unit == "G" else f"{n / 1e6:.2f}M"
+    if unit == "G" and n >= 1e8:
+        return f"{n / 1e9:.3f}G"
+    return f"{n / 1e6:.2f}M" if unit == "M" else f"{n / 1e6:.1f}M"
 
 
 def main(args: argparse.Namespace) -> int:
@@ -83,7 +85,11 @@ def main(args: argparse.Namespace) -> int:
                      stem=args.stem, width_mult=args.width_mult, variant=args.variant,
                      conv_kwargs=dict(args.conv_kwarg) or None)
     overrides = {k: v for k, v in overrides.items() if v is not None}
-    model = a2d2c.create_model(args.model, num_classes=args.num_classes, **overrides)
+    try:
+        model = a2d2c.create_model(args.model, num_classes=args.num_classes, **overrides)
+    except (ValueError, TypeError) as exc:
+        print(f"a2d2c profile: {exc}", file=sys.stderr)
+        return 2
     input_size = args.input_size or ((3, 32, 32) if args.stem == "cifar" else (3, 224, 224))
     report = count_madds(model, input_size, batch_size=args.batch_size)
     n = count_params(model)

@@ -13,8 +13,9 @@ Placements (SPEC §3, plus the baselines' own):
     The conv type's own paper configuration, :data:`PAPER_CONFIGS` (``"all"`` for
     A²D²C).
 ``"all"``
-    ResNet: every 3×3 conv inside the residual blocks. MobileNetV2: every conv inside
-    the inverted-residual blocks (1×1 expansion, 3×3 depthwise, 1×1 projection).
+    ResNet: every 3×3 conv inside the residual blocks. MobileNetV2: the convs ODConv
+    replaces, i.e. every conv but the stem (the blocks' 1×1 expansion, 3×3 depthwise and
+    1×1 projection, and the last 1×1 conv).
 ``"block"``
     Every conv inside the residual / inverted-residual blocks (for ResNet-50 the
     bottlenecks' 1×1s too; no shortcut projections).
@@ -51,10 +52,12 @@ from ..layers.factory import create_conv2d, list_conv_layers
 
 __all__ = [
     "BASELINE_PLACEMENTS",
+    "CLASSIFIERS",
     "PAPER_CONFIGS",
     "PLACEMENTS",
     "ConvMaker",
     "ConvSite",
+    "PooledConvClassifier",
     "TerminalLayer",
     "backbone_modules",
 ]
@@ -73,14 +76,14 @@ class ConvSite:
     first_in_block: bool = False
 
 
-def _all_3x3(site: ConvSite, arch: str) -> bool:
-    if arch == "mobilenetv2":
-        return site.role == "block"
+def _all(site: ConvSite, arch: str) -> bool:
+    if arch == "mobilenetv2":  # the convs ODConv replaces (SPEC §3)
+        return site.role in ("block", "head")
     return site.role == "block" and site.kernel_size == 3
 
 
 PLACEMENTS: dict[str, Callable[[ConvSite, str], bool]] = {
-    "all": _all_3x3,
+    "all": _all,
     "block": lambda s, arch: s.role == "block",
     "no-stem": lambda s, arch: s.role in ("block", "downsample", "head"),
     "every": lambda s, arch: s.role in ("stem", "block", "downsample", "head"),
@@ -92,34 +95,39 @@ PLACEMENTS: dict[str, Callable[[ConvSite, str], bool]] = {
     "block-initial": lambda s, arch: s.role == "block" and s.first_in_block,
 }
 
-# What "default" means for each conv type: (placement, default conv_kwargs) per backbone
-# ("resnet18", "resnet50", "mobilenetv2"), from each method's paper and official code,
-# checked against the published parameter counts (SPEC §3; docs/PAPER_COUNTS.md):
+# What "default" means for each conv type on each backbone ("resnet18", "resnet50",
+# "mobilenetv2"): (placement, default conv_kwargs, classifier), from each method's paper
+# and official code, checked against the published parameter counts (SPEC §3; the
+# paper's tables in docs/PAPER_COUNTS.md):
 # * ODConv (od_resnet.py / od_mobilenetv2.py): every conv of the residual blocks; in
 #   MobileNetV2 also the last 1×1 (44.90M / 90.67M / 4.44M, 7.50M, 11.51M).
 # * DynamicConv: every conv but the stem, shortcut projections included
 #   (45.47M / 100.88M / 4.57M, 7.95M, 12.40M).
 # * CondConv (8 experts): every conv (89.89M / 189.92M, the paper's Tables 4 and 5).
-# * DCD: the block convs, with the authors' per-network latent size and pooling
-#   (ResNet-18: L = ⌊√(4C)⌋, 2×2 pooling; ResNet-50: L = ⌊√C⌋) (14.70M / 29.84M);
-#   MobileNetV2: the dense 1×1 convs (groups = 1 only).
-PAPER_CONFIGS: dict[tuple[str, str], tuple[str, dict[str, Any]]] = {
-    **{(a, c): ("all", {}) for a in ("resnet18", "resnet50", "mobilenetv2")
+# * DCD: the block convs with the authors' latent size and pooling (ResNet-18:
+#   L = ⌊√(4C)⌋, 2×2 pooling; ResNet-50: L = ⌊√C⌋) and their dynamic classifier
+#   (DCDLinear) (14.70M / 29.84M); MobileNetV2: the dense 1×1 convs (groups = 1 only).
+PAPER_CONFIGS: dict[tuple[str, str], tuple[str, dict[str, Any], str]] = {
+    **{(a, c): ("all", {}, "linear") for a in ("resnet18", "resnet50", "mobilenetv2")
        for c in ("a2d2c", "a2d2c+")},
-    ("resnet18", "odconv"): ("block", {}),
-    ("resnet50", "odconv"): ("block", {}),
-    ("mobilenetv2", "odconv"): ("no-stem", {}),
-    ("resnet18", "dynamicconv"): ("no-stem", {}),
-    ("resnet50", "dynamicconv"): ("no-stem", {}),
-    ("mobilenetv2", "dynamicconv"): ("no-stem", {}),
-    ("resnet18", "condconv"): ("every", {}),
-    ("resnet50", "condconv"): ("every", {}),
-    ("mobilenetv2", "condconv"): ("every", {}),
-    ("resnet18", "dcd"): ("block", {"latent_dim": "sqrt", "pool_size": 2}),
-    ("resnet50", "dcd"): ("block", {"latent_dim": "sqrt"}),
-    ("mobilenetv2", "dcd"): ("pointwise", {}),
+    ("resnet18", "odconv"): ("block", {}, "linear"),
+    ("resnet50", "odconv"): ("block", {}, "linear"),
+    ("mobilenetv2", "odconv"): ("no-stem", {}, "linear"),
+    ("resnet18", "dynamicconv"): ("no-stem", {}, "linear"),
+    ("resnet50", "dynamicconv"): ("no-stem", {}, "linear"),
+    ("mobilenetv2", "dynamicconv"): ("no-stem", {}, "linear"),
+    ("resnet18", "condconv"): ("every", {}, "linear"),
+    ("resnet50", "condconv"): ("every", {}, "linear"),
+    ("mobilenetv2", "condconv"): ("every", {}, "linear"),
+    ("resnet18", "dcd"): ("block", {"latent_dim": "sqrt", "pool_size": 2}, "dynamic"),
+    ("resnet50", "dcd"): ("block", {"latent_dim": "sqrt"}, "dynamic"),
+    ("mobilenetv2", "dcd"): ("pointwise", {}, "dynamic"),
 }
+CLASSIFIERS = ("linear", "dynamic")
+# The conv types with a dynamic classifier of their own.
+_DYNAMIC_CLASSIFIERS = ("condconv", "dcd")
 BASELINE_PLACEMENTS = {k: v[0] for k, v in PAPER_CONFIGS.items()}
+
 
 PlacementArg = str | Callable[[str], bool] | None
 
@@ -137,6 +145,9 @@ class ConvMaker:
             ``None`` for ``"default"``.
         conv_kwargs: extra keyword arguments of the dynamic layer; they update the
             conv type's paper defaults for this backbone (:data:`PAPER_CONFIGS`).
+        classifier: ``"linear"`` (``nn.Linear``), ``"dynamic"`` (the conv type's own
+            dynamic classifier: DCD's ``DCDLinear``, CondConv's K-expert 1×1
+            ``CondConv2d`` on the pooled features) or ``None`` (the paper config's).
     """
 
     arch: str
@@ -144,6 +155,7 @@ class ConvMaker:
     num_kernels: int | None = None
     placement: PlacementArg = None
     conv_kwargs: dict[str, Any] = field(default_factory=dict)
+    classifier: str | None = None
     built: list[str] = field(default_factory=list, init=False)
 
     def __post_init__(self) -> None:
@@ -163,8 +175,18 @@ class ConvMaker:
             )
         if "num_kernels" in self.conv_kwargs:
             raise ValueError("pass num_kernels as its own argument, not inside conv_kwargs")
-        paper_placement, paper_kwargs = PAPER_CONFIGS.get((self.arch, self.conv), ("all", {}))
+        paper_placement, paper_kwargs, paper_classifier = PAPER_CONFIGS.get(
+            (self.arch, self.conv), ("all", {}, "linear"))
         self.conv_kwargs = {**paper_kwargs, **self.conv_kwargs}
+        classifier = paper_classifier if self.classifier is None else self.classifier
+        if classifier not in CLASSIFIERS:
+            raise ValueError(f"classifier must be one of {CLASSIFIERS}, got {classifier!r}")
+        if classifier == "dynamic" and self.conv not in _DYNAMIC_CLASSIFIERS:
+            raise ValueError(
+                f"classifier='dynamic' exists for conv types {_DYNAMIC_CLASSIFIERS}, not "
+                f"{self.conv!r}"
+            )
+        self.resolved_classifier = classifier
         p = "default" if self.placement is None else self.placement
         if isinstance(p, str):
             if p == "default":
@@ -221,6 +243,21 @@ class ConvMaker:
         return nn.Conv2d(in_channels, out_channels, kernel_size, stride, padding, groups=groups,
                          bias=bias)
 
+    def make_classifier(self, name: str, in_features: int, num_classes: int) -> nn.Module:
+        """The classifier ``(B, in_features) → (B, num_classes)``; identity for 0 classes."""
+        if not num_classes:
+            return nn.Identity()
+        if self.resolved_classifier == "linear":
+            return nn.Linear(in_features, num_classes)
+        self.built.append(name)
+        if self.conv == "dcd":
+            from ..layers.dcd import DCDLinear
+
+            return DCDLinear(in_features, num_classes)
+        kwargs = {} if self.num_kernels is None else {"num_kernels": self.num_kernels}
+        conv = create_conv2d(self.conv, in_features, num_classes, 1, bias=True, **kwargs)
+        return PooledConvClassifier(conv)
+
     def check_used(self, model_name: str) -> None:
         """A dynamic conv type whose placement selected nothing is almost surely a typo."""
         if self.conv != "static" and not self.built:
@@ -228,6 +265,17 @@ class ConvMaker:
                 f"{model_name}: placement {self.placement!r} selected no convolution for "
                 f"conv={self.conv!r}; check the conv names (model.named_modules())"
             )
+
+
+class PooledConvClassifier(nn.Module):
+    """A 1×1 dynamic conv applied as a classifier to pooled features ``(B, C)``."""
+
+    def __init__(self, conv: nn.Module) -> None:
+        super().__init__()
+        self.conv = conv
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.conv(x[:, :, None, None]).flatten(1)
 
 
 class TerminalLayer(nn.Module):

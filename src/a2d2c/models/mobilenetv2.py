@@ -12,7 +12,8 @@ stage (24 channels) stride 1, so a 32×32 input ends at 4×4 instead of 1×1.
 The conv sites: ``features.0.0`` (stem, role ``stem``), every conv inside an inverted
 residual (role ``block``: the 1×1 expansion, the 3×3 depthwise, the 1×1 projection) and
 ``features.18.0`` (the last 1×1, role ``head``). ODConv's placement (its
-``od_mobilenetv2.py``) is every block conv, which is also what ``"all"`` means here.
+``od_mobilenetv2.py``, 4.44M / 7.50M / 11.51M) is every conv but the stem, which is also
+what ``"all"`` means here (SPEC §3).
 """
 
 from __future__ import annotations
@@ -138,7 +139,7 @@ class MobileNetV2(nn.Module):
         self.num_features = self.last_channel
         self.classifier = nn.Sequential(
             nn.Dropout(p=drop_rate),
-            nn.Linear(self.last_channel, num_classes) if num_classes else nn.Identity(),
+            make.make_classifier("classifier.1", self.last_channel, num_classes),
         )
         self.num_classes = num_classes
         # timm's FeatureListNet must walk into ``features`` to reach the blocks.
@@ -184,15 +185,16 @@ def _mobilenetv2(
     width_mult: float | None = None,
     norm_layer: NormLayer | None = None,
     drop_rate: float = 0.2,
+    classifier: str | None = None,
 ) -> MobileNetV2:
     # ``width_mult`` overrides the entrypoint's width (0.5 / 0.75 / 1.0).
     width = width if width_mult is None else width_mult
-    make = ConvMaker("mobilenetv2", conv, num_kernels, placement, conv_kwargs or {})
+    make = ConvMaker("mobilenetv2", conv, num_kernels, placement, conv_kwargs or {}, classifier)
     model = MobileNetV2(num_classes, in_chans, make, width, stem, norm_layer, drop_rate)
     make.check_used(f"mobilenetv2 x{width}")
     model.model_args = dict(arch="mobilenetv2", conv=conv, num_kernels=num_kernels,
                             placement=make.resolved_placement, conv_kwargs=make.conv_kwargs,
-                            stem=stem, width_mult=width)
+                            classifier=make.resolved_classifier, stem=stem, width_mult=width)
     return model
 
 

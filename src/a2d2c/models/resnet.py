@@ -153,7 +153,7 @@ class ResNet(nn.Module):
         else:
             self.terminal = None
         self.avgpool = nn.AdaptiveAvgPool2d((1, 1))
-        self.fc = nn.Linear(self.num_features, num_classes) if num_classes else nn.Identity()
+        self.fc = make.make_classifier("fc", self.num_features, num_classes)
         self.num_classes = num_classes
 
         r = 4 if stem == "imagenet" else 1
@@ -238,17 +238,18 @@ def _resnet(
     width_mult: float = 1.0,
     norm_layer: NormLayer | None = None,
     variant: str | None = None,
+    classifier: str | None = None,
 ) -> ResNet:
     block, layers = _ARCHS[arch]
     if variant is not None and block is BasicBlock:
         raise ValueError(f"variant applies to bottleneck ResNets only, not {arch}")
-    make = ConvMaker(arch, conv, num_kernels, placement, conv_kwargs or {})
+    make = ConvMaker(arch, conv, num_kernels, placement, conv_kwargs or {}, classifier)
     model = ResNet(block, layers, num_classes, in_chans, make, stem, width_mult, norm_layer,
                    variant or "v1.5")
     make.check_used(arch)
     model.model_args = dict(arch=arch, conv=conv, num_kernels=num_kernels,
                             placement=make.resolved_placement, conv_kwargs=make.conv_kwargs,
-                            stem=stem,
+                            classifier=make.resolved_classifier, stem=stem,
                             width_mult=width_mult, variant=model.variant if block is Bottleneck
                             else None)
     return model
