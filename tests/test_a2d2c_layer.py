@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import itertools
 import math
+import os
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 import torch
@@ -82,6 +84,9 @@ def random_points(batch, draws, m, length, gen):
                                      for _ in range(draws)]) for _ in range(batch)])
 
 
+# every exact computation; "auto" resolves to one of them
+EXACT_IMPLS = ["kernel", "unfold", "plus"]
+
 GEOMETRIES = [
     dict(),
     dict(stride=2),
@@ -93,7 +98,7 @@ GEOMETRIES = [
 ]
 
 
-@pytest.mark.parametrize("impl", ["kernel", "plus"])
+@pytest.mark.parametrize("impl", EXACT_IMPLS)
 @pytest.mark.parametrize("geometry", GEOMETRIES, ids=lambda g: ",".join(f"{k}={v}" for k, v in
                                                                           g.items()) or "3x3")
 @pytest.mark.parametrize("head,draws", [("direct", 1), ("mlp", 2)])
@@ -117,7 +122,7 @@ def test_matches_loop_oracle_float64(impl, geometry, head, draws):
         torch.testing.assert_close(got, want, rtol=1e-9, atol=1e-10)
 
 
-@pytest.mark.parametrize("impl", ["kernel", "plus"])
+@pytest.mark.parametrize("impl", EXACT_IMPLS)
 @pytest.mark.parametrize("mode", ["train-random", "eval-global"])
 def test_matches_oracle_float32(impl, mode):
     """float32: outputs within rtol 1e-4/atol 1e-5 and gradients within 1e-3/1e-4."""
@@ -152,21 +157,23 @@ def test_kernel_form_equals_plus_form(head):
     x = torch.randn(5, 8, 11, 11, dtype=torch.float64)
     pts = layer.sample_points(5, output_hw(layer, 11, 11))
     results = {}
-    for impl in ("kernel", "plus"):
+    for impl in EXACT_IMPLS:
         layer.impl = impl
         layer.zero_grad()
         xi = x.clone().requires_grad_(True)
         y = layer(xi, points=pts)
         (y * torch.linspace(-1, 1, y.numel(), dtype=y.dtype).view_as(y)).sum().backward()
         results[impl] = (y.detach(), xi.grad, [p.grad.clone() for p in layer.parameters()])
-    (yk, gxk, gpk), (yp, gxp, gpp) = results["kernel"], results["plus"]
-    torch.testing.assert_close(yk, yp, rtol=1e-11, atol=1e-12)
-    torch.testing.assert_close(gxk, gxp, rtol=1e-10, atol=1e-11)
-    for a, b in zip(gpk, gpp, strict=True):
-        torch.testing.assert_close(a, b, rtol=1e-10, atol=1e-11)
+    yp, gxp, gpp = results["plus"]
+    for impl in ("kernel", "unfold"):
+        yk, gxk, gpk = results[impl]
+        torch.testing.assert_close(yk, yp, rtol=1e-11, atol=1e-12)
+        torch.testing.assert_close(gxk, gxp, rtol=1e-10, atol=1e-11)
+        for a, b in zip(gpk, gpp, strict=True):
+            torch.testing.assert_close(a, b, rtol=1e-10, atol=1e-11)
 
 
-@pytest.mark.parametrize("impl", ["kernel", "plus"])
+@pytest.mark.parametrize("impl", EXACT_IMPLS)
 def test_single_kernel_equals_conv2d(impl):
     torch.manual_seed(0)
     layer = A2D2Conv2d(5, 7, 3, stride=2, padding=1, dilation=1, num_kernels=1, impl=impl,
@@ -179,7 +186,7 @@ def test_single_kernel_equals_conv2d(impl):
     torch.testing.assert_close(layer(x), conv(x), rtol=1e-12, atol=1e-12)
 
 
-@pytest.mark.parametrize("impl", ["kernel", "plus"])
+@pytest.mark.parametrize("impl", EXACT_IMPLS)
 def test_enough_points_equals_global(impl):
     torch.manual_seed(0)
     kwargs = dict(in_channels=4, out_channels=6, kernel_size=3, padding=1, num_kernels=3,
@@ -232,6 +239,13 @@ _FIXED_SNIPPET = (
 )
 
 
+def _same_source_env() -> dict[str, str]:
+    """Environment under which a subprocess imports this very a2d2c source tree."""
+    src = str(Path(a2d2c.__file__).resolve().parent.parent)
+    return {**os.environ, "PYTHONPATH": os.pathsep.join(
+        [src, *filter(None, [os.environ.get("PYTHONPATH")])])}
+
+
 def test_fixed_points_identical_across_processes_and_inputs():
     layer = A2D2Conv2d(1, 1, 3, padding=1, num_points=7, num_draws=2, sampling="fixed")
     here = layer.sample_points(3, (9, 11))
@@ -241,7 +255,8 @@ def test_fixed_points_identical_across_processes_and_inputs():
     assert torch.equal(again.sample_points(1, (9, 11))[0], here[0])
     for seed in (1, 2):
         out = subprocess.run([sys.executable, "-c", _FIXED_SNIPPET.format(seed=seed)],
-                             capture_output=True, text=True, check=True).stdout
+                             capture_output=True, text=True, check=True, env=_same_source_env()
+                             ).stdout
         assert eval(out) == here[0].tolist()
     # eval_sampling="fixed" turns random sampling into the fixed sets in eval()
     rnd = A2D2Conv2d(1, 1, 3, padding=1, num_points=7, num_draws=2, eval_sampling="fixed").eval()
@@ -257,9 +272,19 @@ def test_eval_is_deterministic_and_global_by_default():
     torch.testing.assert_close(layer(x), oracle(layer, x, None), rtol=1e-10, atol=1e-10)
 
 
-@pytest.mark.parametrize("impl", ["kernel", "plus"])
+@pytest.mark.parametrize("impl", EXACT_IMPLS)
 @pytest.mark.parametrize("head", ["direct", "mlp"])
 def test_gradcheck(impl, head):
+    # hundreds of tiny forwards: one thread avoids OpenMP stalls on a shared machine
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        _gradcheck(impl, head)
+    finally:
+        torch.set_num_threads(threads)
+
+
+def _gradcheck(impl, head):
     torch.manual_seed(0)
     layer = A2D2Conv2d(2, 4, 3, stride=2, padding=1, num_kernels=3, num_points=3, num_draws=2,
                        head=head, impl=impl, dtype=torch.float64)
@@ -301,7 +326,7 @@ def test_kernel_form_never_computes_k_feature_maps_or_loops_over_batch():
     assert len(counter.calls) == 1 and counter.calls[0][0] == 4 * 16  # one dense K·O conv
 
 
-@pytest.mark.parametrize("impl", ["kernel", "plus"])
+@pytest.mark.parametrize("impl", EXACT_IMPLS)
 def test_batch_size_one_training_and_backward(impl):
     layer = A2D2Conv2d(3, 8, 3, padding=1, head="mlp", impl=impl).train()
     y = layer(torch.randn(1, 3, 16, 16))
@@ -309,7 +334,7 @@ def test_batch_size_one_training_and_backward(impl):
     assert all(p.grad is not None and torch.isfinite(p.grad).all() for p in layer.parameters())
 
 
-@pytest.mark.parametrize("impl", ["kernel", "plus"])
+@pytest.mark.parametrize("impl", EXACT_IMPLS)
 def test_channels_last_input(impl):
     torch.manual_seed(0)
     layer = A2D2Conv2d(8, 8, 3, padding=1, num_points=10, impl=impl).eval()
@@ -319,7 +344,7 @@ def test_channels_last_input(impl):
     torch.testing.assert_close(out, ref, rtol=1e-5, atol=1e-5)
 
 
-@pytest.mark.parametrize("impl", ["kernel", "plus"])
+@pytest.mark.parametrize("impl", EXACT_IMPLS)
 def test_bf16_autocast_cpu(impl):
     torch.manual_seed(0)
     layer = A2D2Conv2d(16, 16, 3, padding=1, num_points=20, head="mlp", impl=impl)
@@ -402,7 +427,7 @@ def test_temperature_changes_attention():
     (dict(sampling="uniform"), ValueError, r"sampling must be one of .*'random'.*'uniform'"),
     (dict(eval_sampling="random"), ValueError, r"eval_sampling must be one of .*'random'"),
     (dict(head="transformer"), ValueError, r"head must be one of \('direct', 'mlp'\)"),
-    (dict(impl="fast"), ValueError, r"impl must be one of \('auto', 'kernel', 'plus'\)"),
+    (dict(impl="fast"), ValueError, r"impl must be one of \('auto', 'kernel', 'unfold', 'plus'\)"),
     (dict(reduction=0), ValueError, r"reduction \(r\) must be a number in \(0, 1\]"),
     (dict(temperature=0.0), ValueError, r"temperature must be a finite number > 0"),
     (dict(groups=3), ValueError, r"in_channels must be divisible by groups, got in_channels=4"),

@@ -26,6 +26,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
                   "A2D2Conv2d layers as PNG (the paper's Fig. 4)"),
     "study": ("a2d2c.cli.study", "run a named study (variants x seeds, resumable) and write "
               "its table and plot under results/"),
+    "bench": ("a2d2c.cli.bench", "speed and memory of static, A2D2C and baselines"),
 }
 
 
@@ -40,6 +41,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    from ..allocator import tune_allocator
+
+    tune_allocator()  # glibc keeps freed blocks (a2d2c.allocator; A2D2C_MALLOC_TUNING=0: off)
     argv = list(sys.argv[1:] if argv is None else argv)
     parser = build_parser()
     if not argv or argv[0] not in COMMANDS:

@@ -28,6 +28,7 @@ both against a per-sample loop). ``impl="auto"`` chooses per call, see
 from __future__ import annotations
 
 import math
+import random
 from collections.abc import Sequence
 
 import torch
@@ -37,13 +38,81 @@ from torch import Tensor, nn
 from ._base import ConvArgs, TemperatureMixin, check_choice, check_conv_input, check_positive_int
 from ._functional import aggregated_conv2d
 
-__all__ = ["HEADS", "IMPLS", "SAMPLINGS", "A2D2Conv2d"]
+__all__ = ["COST_CONSTANTS", "HEADS", "IMPLS", "SAMPLINGS", "A2D2Conv2d", "estimate_costs"]
 
 SAMPLINGS = ("random", "fixed", "global")
 EVAL_SAMPLINGS = ("global", "fixed")
 HEADS = ("direct", "mlp")
-IMPLS = ("auto", "kernel", "plus")
+IMPLS = ("auto", "kernel", "unfold", "plus")
 
+
+# Constants of the cost model of ``impl="auto"`` (see :func:`estimate_costs`), per device
+# type. ``grouped``/``unfold``/``dense``: time of a multiply-add in the per-sample grouped
+# convolution / the im2col batched GEMM / a dense convolution, relative to a dense one;
+# ``touch``: time of one memory-bound element pass (the kernel mix, its gradient, im2col,
+# the plus form's mixing), in dense multiply-adds. CPU values were fitted to
+# ``a2d2c bench --preset layers`` on 2 threads (docs/PERFORMANCE.md); CUDA values are
+# estimates from the ratio of tensor-core throughput to memory bandwidth (H100 class) and
+# cuDNN's weak grouped convolutions for few channels per group, to be refitted from
+# ``a2d2c bench --device cuda``.
+COST_CONSTANTS: dict[str, dict[str, float]] = {
+    "cpu": {"dense": 1.0, "grouped": 1.3, "unfold": 1.5, "touch": 16.0},
+    "cuda": {"dense": 1.0, "grouped": 4.0, "unfold": 1.5, "touch": 64.0},
+}
+
+
+def estimate_costs(*, batch: int | None, in_channels: int, out_channels: int,
+                   kernel_size: Sequence[int], groups: int, output_size: Sequence[int],
+                   num_kernels: int, training: bool, device_type: str = "cpu"
+                   ) -> dict[str, float]:
+    """Modelled cost per sample of the three exact forms of an A²D²C layer.
+
+    With ``L = H'·W'``, ``m = C/g·kh·kw``, the convolution's ``conv = O·m·L``
+    multiply-adds, the per-sample kernel of ``O·m`` values, ``K·O·L`` plus-form feature
+    values and ``C·kh·kw·L`` im2col values (constants ``COST_CONSTANTS[device_type]``:
+    ``γ_dense, γ_grouped, γ_unfold`` and ``t``, the cost of one memory-bound element pass):
+
+    * ``kernel`` (grouped conv): ``p·γ_grouped·conv + t·K·O·m·(1 or 4 + 2/K)`` — ``p``
+      is 1 for inference and 3 for training (forward, input and weight gradients); the
+      mix is formed once in inference, and in training formed, re-formed in backward,
+      contracted twice with the kernel gradient (``4K`` passes) plus a transpose. At
+      ``batch == 1`` the grouped convolution is a dense one (``γ_dense``).
+    * ``unfold`` (im2col + GEMM): as ``kernel`` with ``γ_unfold``, plus ``t·C·kh·kw·L``
+      for im2col (three passes in training: im2col, its recomputation, col2im).
+    * ``plus``: ``p·γ_dense·K·conv + t·K·O·L·(2 or 6)`` (mixing the K responses; in
+      training also their gradient and the saved product).
+
+    The attention (patch means, head, softmax) costs the same in every form and is left
+    out. ``batch=None`` means "any batch size" (no batch-1 special case), as used while
+    tracing. The model is deterministic: the same arguments always give the same choice.
+    """
+    if device_type not in COST_CONSTANTS:
+        device_type = "cuda"  # other accelerators: GPU-like balance
+    const = COST_CONSTANTS[device_type]
+    kh, kw = kernel_size
+    length = int(output_size[0]) * int(output_size[1])
+    m = in_channels // groups * kh * kw
+    conv = out_channels * m * length
+    passes = 3.0 if training else 1.0
+    mix = const["touch"] * num_kernels * out_channels * m * ((4.0 + 2.0 / num_kernels)
+                                                             if training else 1.0)
+    gamma_grouped = const["dense"] if batch == 1 else const["grouped"]
+    cols = const["touch"] * in_channels * kh * kw * length * passes
+    return {
+        "kernel": passes * gamma_grouped * conv + mix,
+        "unfold": passes * const["unfold"] * conv + mix + cols,
+        "plus": passes * const["dense"] * num_kernels * conv
+        + const["touch"] * num_kernels * out_channels * length * (6.0 if training else 2.0),
+    }
+
+
+def _is_tracing() -> bool:
+    """True inside ``torch.compile``/``torch.export`` graph capture or ONNX export."""
+    compiler = getattr(torch, "compiler", None)
+    if compiler is not None and compiler.is_compiling():
+        return True
+    onnx = getattr(torch, "onnx", None)
+    return bool(onnx is not None and onnx.is_in_onnx_export())
 
 class A2D2Conv2d(TemperatureMixin):
     """Adaptive Attention-Driven Dynamic Convolution, a drop-in for :class:`nn.Conv2d`.
@@ -212,31 +281,69 @@ class A2D2Conv2d(TemperatureMixin):
         return s
 
     # ------------------------------------------------------------------ dispatch
-    def resolve_impl(self, input_shape: Sequence[int]) -> str:
-        """The computation (``"kernel"`` or ``"plus"``) used for an input of this shape.
+    def resolve_impl(self, input_shape: Sequence[int], *, training: bool | None = None,
+                     device: torch.device | str | None = None, tracing: bool = False) -> str:
+        """The computation (``"kernel"``, ``"unfold"`` or ``"plus"``) used for an input.
 
-        ``impl="auto"`` picks the cheaper exact form. The kernel form costs one
-        convolution but, for a batch of more than one sample, a grouped convolution
-        with one group per sample, which CPU and GPU libraries run far below dense
-        throughput; the plus form costs K dense convolutions. Measured on CPU (see
-        ``a2d2c bench``), the per-sample grouped convolution loses whenever ``B > 1``,
-        so ``auto`` uses the kernel form only for a single sample, where it is a plain
-        convolution with the aggregated kernel.
+        An explicit ``impl`` is returned as is. ``impl="auto"`` takes the exact form with
+        the lowest :func:`estimate_costs` for this shape, device and mode: ``training``
+        (gradients flow; default: the module's ``training`` flag) or inference.
+        ``tracing=True`` (inside ``torch.compile`` or ONNX export, set by ``forward``)
+        excludes the grouped ``"kernel"`` method, whose number of groups is the batch
+        size, so that one traced graph serves every batch size.
         """
         if self.impl != "auto":
             return self.impl
-        return "kernel" if int(input_shape[0]) == 1 else "plus"
+        costs = self.estimate_costs(input_shape, training=training, device=device,
+                                    tracing=tracing)
+        return min(costs, key=costs.__getitem__)
 
-    def describe(self, input_shape: Sequence[int]) -> str:
-        """One line saying what a forward pass on ``input_shape`` computes and how."""
+    def estimate_costs(self, input_shape: Sequence[int], *, training: bool | None = None,
+                       device: torch.device | str | None = None,
+                       tracing: bool = False) -> dict[str, float]:
+        """Modelled cost of each exact form, in dense multiply-add equivalents per sample.
+
+        See :func:`estimate_costs`; ``"kernel"`` is left out when ``tracing``.
+        """
+        # int() only on C, H, W: the batch size stays symbolic while tracing.
+        _b, c, h, w = input_shape[0], int(input_shape[1]), int(input_shape[2]), int(input_shape[3])
+        ho, wo = self.geometry.output_size(h, w)
+        if training is None:
+            training = self.training
+        dev = torch.device(device) if device is not None else self.weight.device
+        costs = estimate_costs(
+            batch=None if tracing else int(_b), in_channels=c, out_channels=self.out_channels,
+            kernel_size=self.kernel_size, groups=self.groups, output_size=(ho, wo),
+            num_kernels=self.num_kernels, training=training, device_type=dev.type)
+        if tracing:
+            del costs["kernel"]
+        return costs
+
+    def describe(self, input_shape: Sequence[int], *, training: bool | None = None,
+                 device: torch.device | str | None = None) -> str:
+        """One line saying what a forward pass on ``input_shape`` computes and how.
+
+        With ``impl="auto"`` it lists the modelled cost of every candidate (see
+        :meth:`estimate_costs`), so the choice can be checked against ``a2d2c bench``.
+        """
         _b, _, h, w = input_shape
         ho, wo = self.geometry.output_size(int(h), int(w))
+        if training is None:
+            training = self.training
         mode = self._sampling_mode()
         m = min(self.num_points, ho * wo) if mode != "global" else ho * wo
-        return (f"A2D2Conv2d {self.in_channels}->{self.out_channels} on {tuple(input_shape)}: "
-                f"impl={self.resolve_impl(input_shape)} (requested {self.impl}), "
-                f"sampling={mode} with {m}/{ho * wo} positions x {self.num_draws} draws, "
-                f"K={self.num_kernels}, head={self.head}, tau={float(self.temperature):g}")
+        impl = self.resolve_impl(input_shape, training=training, device=device)
+        line = (f"A2D2Conv2d {self.in_channels}->{self.out_channels} on {tuple(input_shape)} "
+                f"({'training' if training else 'inference'}): impl={impl} "
+                f"(requested {self.impl}")
+        if self.impl == "auto":
+            costs = self.estimate_costs(input_shape, training=training, device=device)
+            line += "; modelled cost per sample " + ", ".join(
+                f"{name} {cost / 1e6:.3g}M" for name, cost in sorted(costs.items(),
+                                                                     key=lambda kv: kv[1]))
+        return (line + f"), sampling={mode} with {m}/{ho * wo} positions x {self.num_draws} "
+                f"draws, K={self.num_kernels}, head={self.head}, "
+                f"tau={float(self.temperature):g}")
 
     # ------------------------------------------------------------------ sampling
     def _sampling_mode(self) -> str:
@@ -248,12 +355,15 @@ class A2D2Conv2d(TemperatureMixin):
         key = (ho, wo, str(device))
         pts = self._fixed_points.get(key)
         if pts is None:
-            # A CPU generator seeded from (seed, output size) gives the same sets in every
-            # process and on every device.
-            gen = torch.Generator().manual_seed(self.fixed_seed * 1_000_003 + ho * 10_007 + wo)
-            pts = torch.stack([torch.randperm(ho * wo, generator=gen)[: self.num_points]
-                               for _ in range(self.num_draws)]).to(device)
-            self._fixed_points[key] = pts
+            # Python's Mersenne Twister seeded from (seed, output size) gives the same sets
+            # in every process and on every device, and is a constant to graph capture
+            # (ONNX export, torch.compile), unlike a torch.Generator.
+            rng = random.Random(self.fixed_seed * 1_000_003 + ho * 10_007 + wo)
+            pts = torch.tensor([rng.sample(range(ho * wo), min(self.num_points, ho * wo))
+                                for _ in range(self.num_draws)], dtype=torch.long,
+                               device=device)
+            if not _is_tracing():  # never cache a traced (fake) tensor
+                self._fixed_points[key] = pts
         return pts
 
     def sample_points(self, batch_size: int, output_size: Sequence[int],
@@ -345,9 +455,15 @@ class A2D2Conv2d(TemperatureMixin):
         else:
             idx = self._check_points(points, b, ho, wo).to(x.device)
         x, pad = self.geometry.pad_input(x)
-        if self.resolve_impl(x.shape) == "kernel":
-            return self._forward_kernel(x, pad, idx, ho, wo)
-        return self._forward_plus(x, pad, idx, ho, wo)
+        tracing = _is_tracing()
+        grads = torch.is_grad_enabled() and (x.requires_grad or self.weight.requires_grad)
+        impl = self.resolve_impl((b, *x.shape[1:]), training=grads, device=x.device,
+                                 tracing=tracing)
+        if impl == "plus":
+            return self._forward_plus(x, pad, idx, ho, wo)
+        return self._forward_kernel(x, pad, idx, ho, wo,
+                                    method="grouped" if impl == "kernel" else "unfold",
+                                    traceable=tracing)
 
     def _patch_means(self, x: Tensor, pad: tuple[int, int], idx: Tensor | None,
                      ho: int, wo: int) -> Tensor:
@@ -356,16 +472,25 @@ class A2D2Conv2d(TemperatureMixin):
         (kh, kw), (sh, sw), (dh, dw), (ph, pw) = (self.kernel_size, self.stride, self.dilation,
                                                   pad)
         if idx is None:
-            # All positions: for each kernel offset, the mean of a strided window.
-            xp = F.pad(x, (pw, pw, ph, ph)) if ph or pw else x
-            means = [xp[:, :, i * dh: i * dh + (ho - 1) * sh + 1: sh,
-                        j * dw: j * dw + (wo - 1) * sw + 1: sw].mean((2, 3))
-                     for i in range(kh) for j in range(kw)]
-            return torch.stack(means, dim=-1).unsqueeze(1)
+            # All positions: for kernel offset (i, j) the sum of x over the strided grid of
+            # rows i·dh - ph + y·sh and columns j·dw - pw + x·sw that fall inside the input
+            # (padding adds zeros). Rows first: kh strided passes over x, then kw cheap
+            # column sums of each (B, C, W) row sum; no padded copy of x.
+            def span(offset: int, pad: int, step: int, count: int, size: int) -> slice:
+                first = offset - pad  # input index of output position 0
+                lo = 0 if first >= 0 else (-first + step - 1) // step  # first y inside
+                hi = min(count - 1, (size - 1 - first) // step) if first < size else -1
+                if hi < lo:
+                    return slice(0, 0)
+                return slice(first + lo * step, first + hi * step + 1, step)
+
+            rows = [x[:, :, span(i * dh, ph, sh, ho, h), :].sum(2) for i in range(kh)]
+            means = [r[:, :, span(j * dw, pw, sw, wo, w)].sum(2) for r in rows for j in range(kw)]
+            return (torch.stack(means, dim=-1) / (ho * wo)).unsqueeze(1)
         # Sampled positions: one bag of M input pixels per (sample, draw, kernel offset),
-        # averaged by embedding_bag over the pixels as rows of a (B·H·W + 1, C) table whose
-        # last row is zero (it stands for zero padding). Nothing of size B·C·M·kh·kw is
-        # materialised, and backward saves only the indices.
+        # summed by embedding_bag over the pixels as rows of a (B·H·W, C) table (a view for
+        # channels_last input) with weight 1/M, or 0 for a position in the zero padding.
+        # Nothing of size B·C·M·kh·kw is materialised, and backward saves only indices.
         n, m = idx.shape[1], idx.shape[2]
         oy = torch.div(idx, wo, rounding_mode="floor")
         ox = idx - oy * wo
@@ -375,17 +500,25 @@ class A2D2Conv2d(TemperatureMixin):
         ix = (ox * sw - pw).unsqueeze(-1) + dx
         inside = (iy >= 0) & (iy < h) & (ix >= 0) & (ix < w)
         sample = torch.arange(b, device=x.device).view(b, 1, 1, 1) * (h * w)
-        rows = torch.where(inside, sample + iy * w + ix, b * h * w)  # (B, N, M, kh·kw)
-        table = F.pad(x.permute(0, 2, 3, 1).reshape(b * h * w, c), (0, 0, 0, 1))
+        rows = torch.where(inside, sample + iy * w + ix, 0)  # (B, N, M, kh·kw)
+        weights = inside.to(x.dtype) / m
+        table = x.permute(0, 2, 3, 1).reshape(b * h * w, c)
         bags = rows.permute(0, 1, 3, 2).reshape(b * n * kh * kw, m)
-        means = F.embedding_bag(bags, table, mode="mean")  # (B·N·kh·kw, C)
+        means = F.embedding_bag(bags, table, mode="sum",  # (B·N·kh·kw, C)
+                                per_sample_weights=weights.permute(0, 1, 3, 2).reshape(
+                                    b * n * kh * kw, m))
         return means.view(b, n, kh * kw, c).transpose(2, 3)
 
     def _forward_kernel(self, x: Tensor, pad: tuple[int, int], idx: Tensor | None,
-                        ho: int, wo: int) -> Tensor:
+                        ho: int, wo: int, method: str = "grouped",
+                        traceable: bool = False) -> Tensor:
         b, c = x.shape[:2]
         k, o, g = self.num_kernels, self.out_channels, self.groups
         acc = self._acc_dtype()
+        grads = torch.is_grad_enabled() and (x.requires_grad or self.weight.requires_grad)
+        if (not grads and not traceable and method == "grouped" and self.head == "direct"
+                and g == 1):
+            return self._infer_kernel_blocked(x, pad, idx, ho, wo)
         with torch.autocast(x.device.type, enabled=False):
             patches = self._patch_means(x.to(acc), pad, idx, ho, wo)  # (B, N, C, T)
             n = patches.shape[1]
@@ -399,7 +532,55 @@ class A2D2Conv2d(TemperatureMixin):
                 pbar = pbar + self.bias.to(acc)
             pi = self._attention(pbar)  # (B, K, O)
         return aggregated_conv2d(x, pi, self.weight, self.bias, self.stride, pad, self.dilation,
-                                 self.groups)
+                                 self.groups, method=method, traceable=traceable)
+
+    def _infer_kernel_blocked(self, x: Tensor, pad: tuple[int, int], idx: Tensor | None,
+                              ho: int, wo: int, block_bytes: int = 1 << 22) -> Tensor:
+        """Kernel form without autograd, ``direct`` head, ``groups=1``: one weight read.
+
+        With the ``direct`` head the softmax is per output channel, so the descriptor
+        ``p̄ = W_k · mean patch + b_k``, the softmax and the kernel mix can run per block of
+        output channels while the block's ``K`` weight rows are in cache: every base
+        weight is read from memory once instead of twice (at batch 1 a late layer is bound
+        by exactly that traffic). Same operations per element as the general path.
+        """
+        b = x.shape[0]
+        k, o = self.num_kernels, self.out_channels
+        acc = self._acc_dtype()
+        cdt = torch.get_autocast_dtype(x.device.type) if torch.is_autocast_enabled(
+            x.device.type) else x.dtype
+        with torch.autocast(x.device.type, enabled=False):
+            patches = self._patch_means(x.to(acc), pad, idx, ho, wo)  # (B, N, C, T)
+            n = patches.shape[1]
+            patches = patches.reshape(b, n, -1)  # (B, N, m), m in the weight's (C, kh, kw) order
+            weight = self.weight.reshape(k, o, -1)
+            m = weight.shape[2]
+            kernels = torch.empty(b, o, m, dtype=self.weight.dtype, device=x.device)
+            pi = torch.empty(b, k, o, dtype=acc, device=x.device)
+            cols = patches.reshape(b * n, m).t()  # (m, B·N)
+            step = max(1, block_bytes // max(1, k * m * weight.element_size()))
+            for start in range(0, o, step):
+                stop = min(o, start + step)
+                w_blk = weight[:, start:stop]  # (K, Ob, m)
+                pbar = torch.matmul(w_blk.to(acc), cols).permute(2, 0, 1).reshape(
+                    b, n, k, stop - start)  # (K, Ob, B·N) -> (B, N, K, Ob)
+                if self.bias is not None:
+                    pbar = pbar + self.bias[:, start:stop].to(acc)
+                pi_blk = self._attention(pbar)  # (B, K, Ob)
+                pi[:, :, start:stop] = pi_blk
+                p = pi_blk.to(weight.dtype).unsqueeze(-1)
+                out = kernels[:, start:stop]
+                torch.mul(p[:, 0], w_blk[0], out=out)
+                for j in range(1, k):
+                    out.addcmul_(p[:, j], w_blk[j])
+            agg_bias = None
+            if self.bias is not None:
+                agg_bias = torch.einsum("bko,ko->bo", pi.to(self.bias.dtype), self.bias)
+            y = F.conv2d(x.reshape(1, -1, *x.shape[2:]).to(cdt),
+                         kernels.view(b * o, -1, *self.kernel_size).to(cdt),
+                         None if agg_bias is None else agg_bias.reshape(-1).to(cdt),
+                         self.stride, pad, self.dilation, b)
+        return y.view(b, o, *y.shape[2:])
 
     def _forward_plus(self, x: Tensor, pad: tuple[int, int], idx: Tensor | None,
                       ho: int, wo: int) -> Tensor:

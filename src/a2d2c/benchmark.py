@@ -1,0 +1,488 @@
+"""Side-by-side speed and memory of static, A²D²C (every exact path) and the baselines.
+
+Everything runs in one process: for each *case* (a layer or a whole model, a training
+step or inference), every *variant* is built, warmed up, then timed one step at a time
+with the variants interleaved (the order rotates every repeat), and the median of the
+repeats is reported with its ratio to the static variant. The variants are read from
+the conv factory (:func:`a2d2c.list_conv_layers`), so a newly registered layer is
+benchmarked without touching this file; A²D²C appears once per ``impl``.
+
+Memory, per variant:
+
+* ``saved_mb`` — activation memory saved for backward by one training forward: the
+  bytes of the unique storages packed by :func:`torch.autograd.graph.saved_tensors_hooks`,
+  parameters and buffers excluded (what stays alive between forward and backward);
+* ``peak_mb`` (CUDA only) — ``torch.cuda.max_memory_allocated`` during one step, minus
+  what was allocated before it.
+
+``a2d2c bench`` (:mod:`a2d2c.cli.bench`) is the command line over :func:`run_benchmark`.
+"""
+
+from __future__ import annotations
+
+import csv
+import fnmatch
+import functools
+import math
+import platform
+import re
+import statistics
+import time
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from .allocator import allocator_state
+from .layers.a2d2c import IMPLS, A2D2Conv2d
+from .layers.factory import create_conv2d, get_conv_layer, list_conv_layers
+
+__all__ = [
+    "CSV_COLUMNS",
+    "PRESETS",
+    "Case",
+    "Variant",
+    "csv_name",
+    "list_variants",
+    "run_benchmark",
+    "saved_activation_bytes",
+]
+
+
+@dataclass(frozen=True)
+class Case:
+    """One benchmark: a 3×3 layer (``C → C``, stride 1, padding 1) or a ResNet model.
+
+    ``target``/``memory_target``: the issue's targets for the best A²D²C variant, as
+    ratios to static (reported beside the measurement, never asserted).
+    """
+
+    name: str
+    kind: str  # "layer" | "model"
+    mode: str  # "train" | "infer"
+    batch: int
+    channels: int  # layer: in = out channels; model: input channels
+    size: int  # input height = width
+    model: str = "resnet18"
+    stem: str = "imagenet"
+    num_classes: int = 1000
+    width_mult: float = 1.0
+    num_kernels: int = 4
+    anchors: str = ""
+    target: float | None = None
+    memory_target: float | None = None
+
+    def __post_init__(self) -> None:
+        if self.kind not in ("layer", "model"):
+            raise ValueError(f"Case.kind must be 'layer' or 'model', got {self.kind!r}")
+        if self.mode not in ("train", "infer"):
+            raise ValueError(f"Case.mode must be 'train' or 'infer', got {self.mode!r}")
+
+
+_ISSUE6 = [
+    Case("layer128_b32_16x16_train", "layer", "train", 32, 128, 16,
+         anchors="ODConv 1.9-4.2x, DynamicConv 1.5-1.8x", target=1.5),
+    Case("layer64_b8_56x56_train", "layer", "train", 8, 64, 56,
+         anchors="ODConv 1.25x, DynamicConv 1.1x", target=1.15),
+    Case("cifar_resnet18_b32_train", "model", "train", 32, 3, 32, stem="cifar", num_classes=10,
+         anchors="best 2.7x; saved activations ~10x", target=2.0, memory_target=2.5),
+    Case("resnet18_224_b1_infer", "model", "infer", 1, 3, 224, target=1.3),
+]
+
+# The four 3×3 convs of a CIFAR ResNet-18 stage at batch 32 (to fit the cost model), and
+# the same at inference.
+_LAYERS = [
+    Case(f"layer{c}_b32_{s}x{s}_{mode}", "layer", mode, 32, c, s)
+    for mode in ("train", "infer") for c, s in ((64, 32), (128, 16), (256, 8), (512, 4))
+] + [Case("layer512_b1_7x7_infer", "layer", "infer", 1, 512, 7),
+     Case("layer64_b1_56x56_infer", "layer", "infer", 1, 64, 56)]
+
+_SMOKE = [
+    Case("smoke_layer_train", "layer", "train", 2, 8, 8),
+    Case("smoke_layer_infer", "layer", "infer", 2, 8, 8),
+    Case("smoke_model_train", "model", "train", 2, 3, 16, stem="cifar", num_classes=10,
+         width_mult=0.125),
+]
+
+#: Named case lists for ``a2d2c bench --preset``.
+PRESETS: dict[str, list[Case]] = {"issue6": _ISSUE6, "layers": _LAYERS, "smoke": _SMOKE}
+
+
+@dataclass(frozen=True)
+class Variant:
+    """A conv type from the factory, and for A²D²C the ``impl`` it is forced to."""
+
+    label: str
+    conv: str
+    impl: str | None = None
+
+
+def _is_a2d2c(conv: str) -> bool:
+    builder = get_conv_layer(conv)
+    target = builder.func if isinstance(builder, functools.partial) else builder
+    return isinstance(target, type) and issubclass(target, A2D2Conv2d)
+
+
+def list_variants(patterns: Sequence[str] | None = None) -> list[Variant]:
+    """``static``, ``a2d2c:<impl>`` for every impl, then every other registered conv type.
+
+    ``patterns``: optional shell-style patterns on the labels (``static`` is always kept,
+    it is the reference).
+    """
+    out = [Variant("static", "static")]
+    a2d2c_done = False
+    for name in list_conv_layers():
+        if name == "static":
+            continue
+        if _is_a2d2c(name):
+            if not a2d2c_done:
+                out += [Variant(f"a2d2c:{impl}", name, impl) for impl in IMPLS]
+                a2d2c_done = True
+            continue
+        out.append(Variant(name, name))
+    if patterns:
+        out = [v for v in out if v.label == "static"
+               or any(fnmatch.fnmatch(v.label, p) for p in patterns)]
+    return out
+
+
+# ----------------------------------------------------------------------------- building
+def _with_kernels(build: Callable[..., nn.Module], num_kernels: int, **kwargs) -> nn.Module:
+    """Build with ``num_kernels``; layers whose K is fixed (DCD: K=1) get their default."""
+    try:
+        return build(num_kernels=num_kernels, **kwargs)
+    except ValueError as err:
+        if "num_kernels" not in str(err):
+            raise
+        return build(**kwargs)
+
+
+def _build(case: Case, variant: Variant) -> nn.Module:
+    if case.kind == "layer":
+        args = (variant.conv, case.channels, case.channels, 3, 1, 1)
+        if variant.conv == "static":
+            module = create_conv2d(*args)
+        else:
+            module = _with_kernels(functools.partial(create_conv2d, *args), case.num_kernels)
+    else:
+        from . import create_model  # the models package (branch `models`)
+
+        kwargs = dict(num_classes=case.num_classes, in_chans=case.channels, stem=case.stem,
+                      width_mult=case.width_mult)
+        if variant.conv == "static":
+            module = create_model(case.model, **kwargs)
+        else:
+            module = _with_kernels(functools.partial(create_model, case.model,
+                                                     conv=variant.conv, **kwargs),
+                                   case.num_kernels)
+    if variant.impl is not None:
+        for m in module.modules():
+            if isinstance(m, A2D2Conv2d):
+                m.impl = variant.impl
+    return module
+
+
+def _resolved_impls(module: nn.Module, x: Tensor, training: bool) -> str:
+    """What each A²D²C layer of ``module`` computes for ``x``, e.g. ``kernel:12 plus:4``."""
+    seen: list[str] = []
+    hooks = []
+
+    def hook(mod: A2D2Conv2d, args: tuple) -> None:
+        seen.append(mod.resolve_impl(args[0].shape, training=training, device=args[0].device))
+
+    for m in module.modules():
+        if isinstance(m, A2D2Conv2d):
+            hooks.append(m.register_forward_pre_hook(hook))
+    if not hooks:
+        return ""
+    try:
+        with torch.no_grad():
+            module(x)
+    finally:
+        for h in hooks:
+            h.remove()
+    return " ".join(f"{name}:{seen.count(name)}" for name in sorted(set(seen)))
+
+
+# ----------------------------------------------------------------------------- memory
+def saved_activation_bytes(fn: Callable[[], object], exclude: Iterable[Tensor] = ()) -> int:
+    """Bytes of the unique storages autograd saves for backward while ``fn()`` runs.
+
+    Tensors sharing a storage (views) count once; storages of ``exclude`` (parameters,
+    buffers) are not counted. The graph built by ``fn`` is released before returning.
+    """
+    skip = set()
+    for t in exclude:
+        try:
+            skip.add(t.untyped_storage().data_ptr())
+        except (RuntimeError, NotImplementedError):
+            pass
+    sizes: dict[int, int] = {}
+
+    def pack(t: Tensor) -> Tensor:
+        try:
+            storage = t.untyped_storage()
+            key, nbytes = storage.data_ptr(), storage.nbytes()
+        except (RuntimeError, NotImplementedError):  # opaque (e.g. mkldnn) tensors
+            key, nbytes = id(t), t.numel() * t.element_size()
+        if key not in skip:
+            sizes[key] = max(nbytes, sizes.get(key, 0))
+        return t
+
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        out = fn()
+    del out
+    return sum(sizes.values())
+
+
+# ----------------------------------------------------------------------------- timing
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+@dataclass
+class _Runner:
+    variant: Variant
+    module: nn.Module
+    step: Callable[[], object]
+    forward: Callable[[], object]
+    times: list[float] = field(default_factory=list)
+
+
+def _make_runner(case: Case, variant: Variant, device: torch.device, amp_dtype: torch.dtype | None,
+                 channels_last: bool, seed: int) -> _Runner:
+    torch.manual_seed(seed)
+    module = _build(case, variant).to(device)
+    fmt = torch.channels_last if channels_last else torch.contiguous_format
+    if channels_last:  # 4-d tensors only (A²D²C/ODConv keep 5-d kernel banks)
+        for t in (*module.parameters(), *module.buffers()):
+            if t.dim() == 4:
+                t.data = t.data.contiguous(memory_format=fmt)
+    x = torch.randn(case.batch, case.channels, case.size, case.size, device=device)
+    x = x.contiguous(memory_format=fmt)
+    train = case.mode == "train"
+    module.train(train)
+    autocast = functools.partial(torch.autocast, device.type, dtype=amp_dtype,
+                                 enabled=amp_dtype is not None)
+    if case.kind == "layer" and train:
+        x.requires_grad_(True)
+    labels = torch.randint(0, max(case.num_classes, 1), (case.batch,), device=device)
+    opt = torch.optim.SGD(module.parameters(), lr=1e-4, momentum=0.9) if train else None
+
+    def forward() -> Tensor:
+        with autocast():
+            out = module(x)
+            if case.kind == "model":
+                return F.cross_entropy(out.float(), labels)
+            return out.float().square().mean()
+
+    def step() -> object:
+        if not train:
+            with torch.inference_mode():
+                return forward()
+        opt.zero_grad(set_to_none=True)
+        x.grad = None
+        loss = forward()
+        loss.backward()
+        opt.step()
+        return None
+
+    return _Runner(variant, module, step, forward)
+
+
+def _measure_memory(runner: _Runner, device: torch.device, train: bool) -> tuple[float, float]:
+    saved = math.nan
+    if train:
+        tensors = [*runner.module.parameters(), *runner.module.buffers()]
+        saved = saved_activation_bytes(runner.forward, tensors) / 2**20
+    peak = math.nan
+    if device.type == "cuda":
+        _sync(device)
+        torch.cuda.empty_cache()
+        before = torch.cuda.memory_allocated(device)
+        torch.cuda.reset_peak_memory_stats(device)
+        runner.step()
+        _sync(device)
+        peak = (torch.cuda.max_memory_allocated(device) - before) / 2**20
+    return saved, peak
+
+
+CSV_COLUMNS = [
+    "case", "kind", "mode", "variant", "conv", "impl", "resolved", "batch", "channels", "size",
+    "num_kernels", "median_ms", "min_ms", "ratio", "samples_per_s", "saved_mb", "saved_ratio",
+    "peak_mb", "peak_ratio", "target", "memory_target", "anchors", "repeats", "device",
+    "dtype", "channels_last", "threads", "allocator", "torch", "a2d2c", "params",
+]
+
+
+def _device_tag(device: torch.device) -> str:
+    if device.type == "cuda":
+        name = torch.cuda.get_device_name(device)
+    else:
+        name = f"cpu{torch.get_num_threads()}t"
+    return re.sub(r"[^A-Za-z0-9.]+", "-", name).strip("-")
+
+
+def csv_name(preset: str, device: torch.device, dtype: str) -> str:
+    """File name recording preset, device, dtype and versions, e.g.
+    ``bench_issue6_cpu2t_fp32_torch2.14.1_a2d2c0.1.0.csv``."""
+    from . import __version__
+
+    torch_version = torch.__version__.split("+")[0]
+    return (f"bench_{preset}_{_device_tag(device)}_{dtype}_torch{torch_version}"
+            f"_a2d2c{__version__}.csv")
+
+
+def _run_case(case: Case, variants: Sequence[Variant], device: torch.device,
+              amp_dtype: torch.dtype | None, channels_last: bool, repeats: int, warmup: int,
+              log: Callable[[str], None]) -> list[dict]:
+    from . import __version__
+
+    train = case.mode == "train"
+    runners = []
+    for v in variants:
+        try:
+            runners.append(_make_runner(case, v, device, amp_dtype, channels_last, seed=0))
+        except (TypeError, ValueError, ImportError) as err:
+            log(f"  skip {v.label}: {err}")
+    for r in runners:
+        for _ in range(warmup):
+            r.step()
+    _sync(device)
+    for rep in range(repeats):
+        shift = rep % len(runners)
+        for r in runners[shift:] + runners[:shift]:
+            _sync(device)
+            t0 = time.perf_counter()
+            r.step()
+            _sync(device)
+            r.times.append(time.perf_counter() - t0)
+    rows = []
+    x_probe = torch.randn(case.batch, case.channels, case.size, case.size, device=device)
+    for r in runners:
+        saved, peak = _measure_memory(r, device, train)
+        med = statistics.median(r.times)
+        rows.append(dict(
+            case=case.name, kind=case.kind, mode=case.mode, variant=r.variant.label,
+            conv=r.variant.conv, impl=r.variant.impl or "",
+            resolved=_resolved_impls(r.module, x_probe, train), batch=case.batch,
+            channels=case.channels, size=case.size, num_kernels=case.num_kernels,
+            median_ms=med * 1e3, min_ms=min(r.times) * 1e3, samples_per_s=case.batch / med,
+            saved_mb=saved, peak_mb=peak, target=case.target, memory_target=case.memory_target,
+            anchors=case.anchors, repeats=repeats, device=_device_tag(device),
+            dtype="bf16" if amp_dtype == torch.bfloat16 else
+            ("fp16" if amp_dtype == torch.float16 else "fp32"),
+            channels_last=channels_last, threads=torch.get_num_threads(),
+            allocator=allocator_state(), torch=torch.__version__, a2d2c=__version__,
+            params=sum(p.numel() for p in r.module.parameters()),
+        ))
+    static = next((row for row in rows if row["variant"] == "static"), None)
+    for row in rows:
+        for key, ref in (("ratio", "median_ms"), ("saved_ratio", "saved_mb"),
+                         ("peak_ratio", "peak_mb")):
+            base = static[ref] if static else math.nan
+            row[key] = row[ref] / base if base and not math.isnan(base) else math.nan
+    return rows
+
+
+def _fmt(v: float | None, width: int, digits: int, suffix: str = "") -> str:
+    if v is None or (isinstance(v, float) and math.isnan(v)):
+        text = "-"
+    else:
+        text = f"{v:.{digits}f}{suffix}"
+    return text.rjust(width)
+
+
+def format_rows(rows: Sequence[dict]) -> str:
+    """A plain-text table per case: time, ratio to static, memory and its ratio."""
+    lines = []
+    for case in dict.fromkeys(r["case"] for r in rows):
+        sub = [r for r in rows if r["case"] == case]
+        first = sub[0]
+        head = f"{case}: {first['kind']} {first['mode']}, batch {first['batch']}, "
+        head += f"{first['channels']}x{first['size']}x{first['size']}"
+        if first["target"]:
+            head += f"; target <= {first['target']}x"
+        if first["memory_target"]:
+            head += f", saved memory <= {first['memory_target']}x"
+        if first["anchors"]:
+            head += f"; anchors: {first['anchors']}"
+        lines.append(head)
+        lines.append(f"  {'variant':<16}{'median ms':>11}{'ratio':>8}{'saved MB':>10}"
+                     f"{'ratio':>7}{'peak MB':>9}{'ratio':>7}  resolved")
+        for r in sub:
+            lines.append(
+                f"  {r['variant']:<16}{_fmt(r['median_ms'], 11, 1)}{_fmt(r['ratio'], 8, 2, 'x')}"
+                f"{_fmt(r['saved_mb'], 10, 1)}{_fmt(r['saved_ratio'], 7, 2, 'x')}"
+                f"{_fmt(r['peak_mb'], 9, 1)}{_fmt(r['peak_ratio'], 7, 2, 'x')}  {r['resolved']}")
+    return "\n".join(lines)
+
+
+def _write_csv(path: Path, rows: Sequence[dict]) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with path.open("w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=CSV_COLUMNS)
+        writer.writeheader()
+        for row in rows:
+            writer.writerow({k: (f"{v:.4g}" if isinstance(v, float) else v)
+                             for k, v in row.items() if k in CSV_COLUMNS})
+
+
+def run_benchmark(
+    cases: Sequence[Case],
+    *,
+    device: str | torch.device = "cpu",
+    dtype: str = "fp32",
+    channels_last: bool | None = None,
+    repeats: int = 7,
+    warmup: int = 2,
+    variants: Sequence[str] | None = None,
+    out_dir: str | Path | None = None,
+    preset: str = "custom",
+    log: Callable[[str], None] = print,
+) -> tuple[list[dict], Path | None]:
+    """Run ``cases`` for every variant; returns the rows and the CSV path (if written).
+
+    Args:
+        device: ``"cpu"``, ``"cuda"`` or a ``torch.device``.
+        dtype: ``"fp32"``, or ``"bf16"``/``"fp16"`` for autocast (AMP) in that dtype.
+        channels_last: model and input in channels_last (default: on for CUDA).
+        repeats: timed steps per variant (interleaved; the median is reported).
+        variants: shell-style patterns on variant labels (default: all).
+        out_dir: where to write the CSV (:func:`csv_name`); ``None``: no file.
+    """
+    device = torch.device(device)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError("device 'cuda' requested but torch.cuda.is_available() is False")
+    amp = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
+    if dtype not in amp:
+        raise ValueError(f"dtype must be one of {tuple(amp)}, got {dtype!r}")
+    if repeats < 1 or warmup < 0:
+        raise ValueError(f"repeats must be >= 1 and warmup >= 0, got {repeats}, {warmup}")
+    if channels_last is None:
+        channels_last = device.type == "cuda"
+    chosen = list_variants(variants)
+    log(f"a2d2c bench: {len(cases)} case(s) x {len(chosen)} variants on {_device_tag(device)}, "
+        f"{dtype}, channels_last={channels_last}, {repeats} repeats, allocator "
+        f"{allocator_state()}, torch {torch.__version__}, {platform.machine()}")
+    rows: list[dict] = []
+    path = None if out_dir is None else Path(out_dir) / csv_name(preset, device, dtype)
+    for case in cases:
+        case_rows = _run_case(case, chosen, device, amp[dtype], channels_last, repeats, warmup,
+                              log)
+        rows += case_rows
+        log(format_rows(case_rows))
+        if path is not None:  # rewritten after every case: an interrupted run keeps its rows
+            _write_csv(path, rows)
+    if path is not None:
+        log(f"wrote {path}")
+    return rows, path
+
+
+def rows_as_dicts(cases: Sequence[Case]) -> list[dict]:
+    """The cases as plain dicts (for printing a preset)."""
+    return [asdict(c) for c in cases]

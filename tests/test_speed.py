@@ -1,0 +1,213 @@
+"""The fast paths: impl="auto", the traceable path, ONNX export, torch.compile, a2d2c bench."""
+
+from __future__ import annotations
+
+import csv
+import math
+
+import pytest
+import torch
+
+import a2d2c
+from a2d2c import A2D2Conv2d
+from a2d2c.layers import a2d2c as a2d2c_module
+from test_a2d2c_layer import make_layer, oracle, output_hw, random_points
+
+
+@pytest.fixture
+def one_thread():
+    """Small ops on a shared 2-core machine: one thread avoids OpenMP barrier stalls."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.mark.parametrize("impl", ["auto", "kernel"])  # auto -> unfold or plus when tracing
+def test_traceable_path_matches_loop_oracle(impl, monkeypatch):
+    """What compile/export run (plain ops, no custom autograd) against the loop oracle."""
+    monkeypatch.setattr(a2d2c_module, "_is_tracing", lambda: True)
+    torch.manual_seed(0)
+    layer = make_layer(num_kernels=3, num_points=5, num_draws=2, head="mlp", impl=impl,
+                       groups=2, stride=2)
+    assert layer.resolve_impl((3, 4, 9, 8), training=True, tracing=True) != "kernel" or (
+        impl == "kernel")
+    x = torch.randn(3, 4, 9, 8, dtype=torch.float64, requires_grad=True)
+    ho, wo = output_hw(layer, 9, 8)
+    pts = random_points(3, 2, 5, ho * wo, torch.Generator().manual_seed(1))
+    y = layer(x, points=pts)
+    x_ref = x.detach().clone().requires_grad_(True)
+    y_ref = oracle(layer, x_ref, pts)
+    torch.testing.assert_close(y, y_ref, rtol=1e-10, atol=1e-10)
+    g = torch.randn_like(y)
+    params = list(layer.parameters())
+    for got, want in zip(torch.autograd.grad(y, [x, *params], g),
+                         torch.autograd.grad(y_ref, [x_ref, *params], g), strict=True):
+        torch.testing.assert_close(got, want, rtol=1e-9, atol=1e-10)
+
+
+def test_auto_takes_the_cheapest_modelled_form_and_says_so():
+    layer = A2D2Conv2d(128, 128, 3, padding=1)
+    for shape in [(32, 128, 16, 16), (32, 128, 4, 4), (1, 128, 7, 7), (8, 128, 56, 56)]:
+        for training in (True, False):
+            costs = layer.estimate_costs(shape, training=training, device="cpu")
+            assert set(costs) == {"kernel", "unfold", "plus"}
+            assert all(math.isfinite(c) and c > 0 for c in costs.values())
+            chosen = layer.resolve_impl(shape, training=training, device="cpu")
+            assert chosen == min(costs, key=costs.get)
+            text = layer.describe(shape, training=training, device="cpu")
+            assert f"impl={chosen}" in text and "modelled cost" in text
+    # the modelled trade-off: K dense convs beat one grouped conv plus the kernel mix only
+    # on small maps (mixing O·C·9 weights per sample is then dear next to O·C·9·H'·W')
+    assert layer.resolve_impl((32, 128, 16, 16), training=True, device="cpu") == "kernel"
+    assert layer.resolve_impl((32, 128, 4, 4), training=True, device="cpu") == "plus"
+    # batch 1: the grouped conv is a dense conv with the mixed kernel
+    assert layer.resolve_impl((1, 128, 7, 7), training=False, device="cpu") == "kernel"
+    # tracing: never the grouped conv, whose group count is the batch size
+    assert layer.resolve_impl((32, 128, 16, 16), training=True, device="cpu",
+                              tracing=True) != "kernel"
+    # an explicit impl is obeyed, and the forward follows resolve_impl
+    layer.impl = "unfold"
+    assert layer.resolve_impl((32, 128, 4, 4), training=True) == "unfold"
+    assert "impl=unfold" in repr(layer)
+
+
+def test_onnx_export_dynamic_batch_matches_pytorch(tmp_path, one_thread):
+    ort = pytest.importorskip("onnxruntime")
+    pytest.importorskip("onnxscript")
+    torch.manual_seed(0)
+    net = torch.nn.Sequential(
+        A2D2Conv2d(3, 8, 3, padding=1, stride=2, head="mlp", num_points=5),  # eval: global
+        torch.nn.ReLU(),
+        A2D2Conv2d(8, 6, 3, padding=1, num_points=7, num_draws=2, eval_sampling="fixed"),
+    ).eval()
+    path = tmp_path / "a2d2c.onnx"
+    with torch.no_grad():
+        torch.onnx.export(net, (torch.randn(2, 3, 10, 10),), str(path), dynamo=True,
+                          dynamic_shapes={"input": {0: torch.export.Dim("batch")}},
+                          verbose=False)
+    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    name = session.get_inputs()[0].name
+    for batch in (1, 3, 4):
+        x = torch.randn(batch, 3, 10, 10)
+        with torch.no_grad():
+            want = net(x)
+        got = torch.from_numpy(session.run(None, {name: x.numpy()})[0])
+        assert got.shape == want.shape
+        torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.parametrize("train", [False, True], ids=["eval", "train"])
+def test_torch_compile_does_not_recompile_per_batch_size(train, one_thread):
+    from torch._dynamo.testing import CompileCounter
+
+    torch._dynamo.reset()
+    torch.manual_seed(0)
+    layer = A2D2Conv2d(4, 8, 3, padding=1, num_points=10, head="mlp").train(train)
+    counter = CompileCounter()
+    compiled = torch.compile(layer, backend=counter)
+    outputs = {}
+    for batch in (2, 3, 5, 7, 6):
+        x = torch.randn(batch, 4, 8, 8)
+        if batch == 2:
+            torch._dynamo.mark_dynamic(x, 0)
+        out = compiled(x)
+        assert out.shape == (batch, 8, 8, 8)
+        outputs[batch] = (x, out)
+    assert counter.frame_count == 1, f"compiled {counter.frame_count} times for 5 batch sizes"
+    if not train:  # and the graph computes the layer
+        x, out = outputs[5]
+        torch.testing.assert_close(out, layer(x), rtol=1e-5, atol=1e-5)
+    torch._dynamo.reset()
+
+
+def test_saved_activation_bytes_counts_unique_storages():
+    w = torch.randn(16, 16, requires_grad=True)
+    x = torch.randn(8, 16)
+
+    def fn():
+        h = x @ w  # saves x (512 B) and w (excluded below)
+        return (h.relu() * h).sum()  # saves h (512 B) once, its relu (512 B)
+
+    from a2d2c.benchmark import saved_activation_bytes
+
+    got = saved_activation_bytes(fn, exclude=[w])
+    assert got == 3 * 8 * 16 * 4
+
+
+def test_bench_smoke_writes_csv_with_finite_ratios(tmp_path, one_thread):
+    from a2d2c.benchmark import CSV_COLUMNS, PRESETS, list_variants, run_benchmark
+
+    labels = [v.label for v in list_variants()]
+    assert labels[0] == "static"
+    assert {f"a2d2c:{impl}" for impl in a2d2c.layers.a2d2c.IMPLS} <= set(labels)
+    others = set(a2d2c.list_conv_layers()) - {"static", "a2d2c", "a2d2c+"}
+    assert others <= set(labels)  # every registered baseline, automatically
+
+    smoke = {c.name: c for c in PRESETS["smoke"]}
+    _, path = run_benchmark([smoke["smoke_layer_train"], smoke["smoke_layer_infer"]],
+                            repeats=1, warmup=0, out_dir=tmp_path, preset="smoke",
+                            log=lambda s: None)
+    model_rows, _ = run_benchmark([smoke["smoke_model_train"]], repeats=1, warmup=0,
+                                  variants=["a2d2c:auto"], log=lambda s: None)
+    assert path is not None and path.name.startswith("bench_smoke_cpu")
+    assert f"_fp32_torch{torch.__version__.split('+')[0]}_a2d2c{a2d2c.__version__}" in path.name
+    with path.open() as f:
+        reader = csv.DictReader(f)
+        assert reader.fieldnames == CSV_COLUMNS
+        rows = list(reader)
+    assert {r["variant"] for r in rows} == set(labels)
+    assert len(rows) == 2 * len(labels)
+    for row in rows:
+        assert math.isfinite(float(row["ratio"])) and float(row["ratio"]) > 0
+        if row["mode"] == "train":
+            assert math.isfinite(float(row["saved_ratio"]))
+    assert {r["variant"] for r in model_rows} == {"static", "a2d2c:auto"}
+    for row in model_rows:
+        assert math.isfinite(row["ratio"]) and math.isfinite(row["saved_ratio"])
+    auto = next(r for r in model_rows if r["variant"] == "a2d2c:auto")
+    assert auto["resolved"]  # which form each A²D²C layer took
+
+
+@pytest.mark.parametrize("k,stride,pad,dil", [(3, 1, 1, 1), (3, 2, 1, 1), (5, 3, 4, 2),
+                                              (1, 2, 0, 1), (3, 1, 0, 2)])
+def test_global_patch_means_equal_unfold_mean(k, stride, pad, dil):
+    """The all-positions descriptor input: the mean im2col column, in every geometry."""
+    torch.manual_seed(0)
+    layer = A2D2Conv2d(3, 4, k, stride=stride, padding=pad, dilation=dil, sampling="global",
+                       dtype=torch.float64)
+    x = torch.randn(2, 3, 9, 10, dtype=torch.float64)
+    ho, wo = output_hw(layer, 9, 10)
+    got = layer._patch_means(x, (pad, pad), None, ho, wo)
+    cols = torch.nn.functional.unfold(x, k, dilation=dil, padding=pad, stride=stride)
+    torch.testing.assert_close(got, cols.mean(-1).view(2, 1, 3, k * k), rtol=1e-12, atol=1e-12)
+
+
+@pytest.mark.parametrize("geometry", [dict(), dict(stride=2, padding=0, bias=False),
+                                      dict(kernel_size=1, padding=0),
+                                      dict(padding=(1, 2), dilation=2)])
+@pytest.mark.parametrize("batch,draws", [(1, 1), (3, 2)])
+def test_blocked_inference_path_matches_loop_oracle(geometry, batch, draws):
+    """No grad + direct head + groups=1 takes the cache-blocked inference path."""
+    torch.manual_seed(0)
+    layer = make_layer(num_kernels=3, num_points=5, num_draws=draws, impl="kernel", **geometry)
+    x = torch.randn(batch, 4, 9, 8, dtype=torch.float64)
+    ho, wo = output_hw(layer, 9, 8)
+    pts = random_points(batch, draws, 5, ho * wo, torch.Generator().manual_seed(1))
+    calls = []
+    original = layer._infer_kernel_blocked
+
+    def spy(*args, **kwargs):
+        calls.append(1)
+        return original(*args, **kwargs)
+
+    layer._infer_kernel_blocked = spy
+    with torch.no_grad():
+        got = layer(x, points=pts)
+        got_global = layer.eval()(x)
+        # blocks of two output channels: the loop over blocks is exercised too
+        small = original(x, layer.padding, None, ho, wo, block_bytes=2 * 3 * 4 * 9 * 8)
+    assert len(calls) == 2
+    torch.testing.assert_close(got, oracle(layer, x, pts), rtol=1e-10, atol=1e-10)
+    torch.testing.assert_close(got_global, oracle(layer, x, None), rtol=1e-10, atol=1e-10)
+    torch.testing.assert_close(small, got_global, rtol=1e-12, atol=1e-12)
