@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import shlex
-import sys
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -18,6 +16,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="where the table, the plot and the per-run records go")
     parser.add_argument("--report-only", action="store_true",
                         help="do not train: write the report from the finished runs")
+    parser.add_argument("--note", default="",
+                        help="a sentence printed under the table (machine, load, caveats)")
     parser.add_argument("--set", nargs="+", default=[], metavar="KEY=VALUE",
                         help="overrides for every run, e.g. --set train.device=cuda")
 
@@ -37,8 +37,8 @@ def main(args: argparse.Namespace) -> int:
         run_study(spec, runs_root=args.runs, results_dir=args.results, only=args.only,
                   seeds=args.seeds, extra=extra)
     records = collect_records(spec, args.results)
-    command = "a2d2c study " + " ".join(shlex.quote(a) for a in sys.argv[2:]) if (
-        len(sys.argv) > 1 and sys.argv[1] == "study") else f"a2d2c study {args.name}"
-    md, png = write_report(spec, records, args.results, command)
+    # The command that (re)produces the study: report options are not part of it.
+    command = f"a2d2c study {args.name}" + "".join(f" --set {kv}" for kv in args.set)
+    md, png = write_report(spec, records, args.results, command, args.note)
     print(f"wrote {md} and {png} ({len(records)} runs)")
     return 0

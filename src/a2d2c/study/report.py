@@ -26,8 +26,13 @@ def _fmt_count(n: float | None, unit: str) -> str:
     return f"{n / scale:.3f}{unit}" if n < 10 * scale else f"{n / scale:.2f}{unit}"
 
 
-def summarize_study(spec: StudySpec, records: list[RunRecord], command: str = "") -> str:
-    """The study's Markdown report: one row per variant, paired to the baseline."""
+def summarize_study(spec: StudySpec, records: list[RunRecord], command: str = "",
+                    note: str = "") -> str:
+    """The study's Markdown report: one row per variant, paired to the baseline.
+
+    ``note`` is printed under the table: what a reader must know about this execution
+    (the machine, other load on it) that the study file cannot say.
+    """
     runs = _by_variant(records)
     base = runs.get(spec.baseline, {})
     lines = [f"# {spec.title}", ""]
@@ -70,6 +75,14 @@ def summarize_study(spec: StudySpec, records: list[RunRecord], command: str = ""
         if recs[0].test_samples:
             floor.append(binomial_se(t1, recs[0].test_samples))
     lines.append("")
+    forms = {label: runs[label][min(runs[label])].madds_form for label in spec.variants
+             if runs.get(label) and runs[label][min(runs[label])].madds_form}
+    if forms:
+        lines.append("MAdds are counted at batch 1 on the path each model executes in eval: "
+                     + "; ".join(f"`{k}`: {v}" for k, v in forms.items()) + ".")
+        lines.append("")
+    if note:
+        lines += [note.strip(), ""]
     if floor:
         n = next(r.test_samples for r in records if r.test_samples)
         lines.append(
@@ -122,13 +135,13 @@ def plot_study(spec: StudySpec, records: list[RunRecord], path: str | os.PathLik
 
 def write_report(spec: StudySpec, records: list[RunRecord],
                  results_dir: str | os.PathLike = "results",
-                 command: str = "") -> tuple[Path, Path]:
+                 command: str = "", note: str = "") -> tuple[Path, Path]:
     """Write ``<results>/<study>.md`` and ``<results>/<study>.png``."""
     out = Path(results_dir)
     out.mkdir(parents=True, exist_ok=True)
     png = plot_study(spec, records, out / f"{spec.name}.png")
     md = out / f"{spec.name}.md"
-    text = summarize_study(spec, records, command)
+    text = summarize_study(spec, records, command, note)
     text += f"\n![{spec.title}]({png.name})\n"
     md.write_text(text)
     return md, png
