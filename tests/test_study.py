@@ -132,3 +132,25 @@ def test_study_errors(tmp_path):
     spec = load_study(_write_study(tmp_path))
     with pytest.raises(StudyError, match="unknown variant"):
         run_study(spec, runs_root=tmp_path, only=["typo"])
+
+
+def test_a_diverged_run_is_recorded_not_retried(tmp_path):
+    from a2d2c.engine import NonFiniteLossError, fit
+
+    spec = load_study(_write_study(tmp_path))
+    calls = []
+
+    def train(cfg):
+        calls.append(cfg.model.name)
+        if cfg.model.name == "resnet18_a2d2c_plus":
+            raise NonFiniteLossError("non-finite training loss (nan) at epoch 1, step 1")
+        return fit(cfg).final_metrics
+
+    kwargs = dict(runs_root=tmp_path / "runs", results_dir=tmp_path / "results",
+                  train_fn=train, seeds=[0], log=lambda s: None)
+    records = run_study(spec, **kwargs)
+    assert [r.status for r in records] == ["completed", "diverged"]
+    run_study(spec, **kwargs)
+    assert calls == ["resnet18", "resnet18_a2d2c_plus"]  # nothing retried
+    md, _ = write_report(spec, records, tmp_path / "results")
+    assert "diverged (seeds [0])" in md.read_text()

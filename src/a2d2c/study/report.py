@@ -13,9 +13,11 @@ __all__ = ["plot_study", "summarize_study", "write_report"]
 
 
 def _by_variant(records: list[RunRecord]) -> dict[str, dict[int, RunRecord]]:
+    """Completed runs by variant and seed (diverged runs have no accuracy)."""
     out: dict[str, dict[int, RunRecord]] = defaultdict(dict)
     for r in records:
-        out[r.variant][r.seed] = r
+        if r.status == "completed":
+            out[r.variant][r.seed] = r
     return out
 
 
@@ -34,6 +36,10 @@ def summarize_study(spec: StudySpec, records: list[RunRecord], command: str = ""
     (the machine, other load on it) that the study file cannot say.
     """
     runs = _by_variant(records)
+    diverged: dict[str, list[int]] = defaultdict(list)
+    for r in records:
+        if r.status != "completed":
+            diverged[r.variant].append(r.seed)
     base = runs.get(spec.baseline, {})
     lines = [f"# {spec.title}", ""]
     if spec.notes:
@@ -53,7 +59,9 @@ def summarize_study(spec: StudySpec, records: list[RunRecord], command: str = ""
     for label in spec.variants:
         seeds = runs.get(label, {})
         if not seeds:
-            lines.append(f"| `{label}` | – | – | not run | – | – | – | 0 |")
+            what = (f"diverged (seeds {sorted(diverged[label])})" if diverged.get(label)
+                    else "not run")
+            lines.append(f"| `{label}` | – | – | {what} | – | – | – | 0 |")
             continue
         recs = [seeds[s] for s in sorted(seeds)]
         t1, s1 = mean_std([r.top1 for r in recs])
@@ -91,7 +99,12 @@ def summarize_study(spec: StudySpec, records: list[RunRecord], command: str = ""
             "that and below the seed spread are not measurable."
         )
         lines.append("")
-    missing = [(v, s) for v in spec.variants for s in spec.seeds if s not in runs.get(v, {})]
+    for label, seeds_d in diverged.items():
+        lines.append(f"`{label}` diverged (non-finite training loss, the run stopped) with "
+                     f"seed(s) {sorted(seeds_d)} under the study's recipe.")
+        lines.append("")
+    missing = [(v, s) for v in spec.variants for s in spec.seeds
+               if s not in runs.get(v, {}) and s not in diverged.get(v, [])]
     if missing:
         lines.append(f"Incomplete: {len(missing)} of {len(spec.variants) * len(spec.seeds)} "
                      "runs have not finished; rerun the command to complete the study.")

@@ -24,6 +24,7 @@ variant of seed 0, then of seed 1, …), so a partial study already holds comple
 from __future__ import annotations
 
 import json
+import math
 import os
 import time
 from collections.abc import Callable, Iterable, Mapping
@@ -82,6 +83,8 @@ class RunRecord:
     wall_s: float
     output_dir: str
     madds_form: str = ""
+    #: "completed", or "diverged" (non-finite loss: the run stopped; no accuracy)
+    status: str = "completed"
 
     @classmethod
     def from_dict(cls, d: Mapping[str, Any]) -> RunRecord:
@@ -217,7 +220,7 @@ def run_study(
     ``only`` restricts to some variants, ``seeds`` to some seeds, ``extra`` are
     ``--key value`` overrides applied to every run (e.g. ``--train.device=cuda``).
     """
-    from ..engine import load_config
+    from ..engine import NonFiniteLossError, load_config
 
     labels = list(spec.variants) if only is None else list(only)
     bad = [v for v in labels if v not in spec.variants]
@@ -243,21 +246,28 @@ def run_study(
             continue
         log(f"[study {spec.name}] {label} seed {seed} -> {run_dir}")
         start = time.perf_counter()
-        metrics = train_fn(cfg)
+        status = "completed"
+        try:
+            metrics = train_fn(cfg)
+        except NonFiniteLossError as e:
+            # A diverged run is a result of the study (same recipe for every variant), not
+            # a crash of it: record it and go on.
+            log(f"[study {spec.name}] {label} seed {seed} diverged: {e}")
+            status, metrics = "diverged", {"val_top1": math.nan, "val_top5": math.nan}
         wall = time.perf_counter() - start
         params, madds, form = _profile(cfg)
         times = _epoch_times(run_dir)
         record = RunRecord(
             study=spec.name, variant=label, seed=seed,
-            top1=float(metrics["val_top1"]), top5=float(metrics.get("val_top5", float("nan"))),
+            top1=float(metrics["val_top1"]), top5=float(metrics.get("val_top5", math.nan)),
             test_samples=_test_samples(cfg), params=params, madds=madds,
             madds_form=form, epochs=int(cfg.train.epochs),
             epoch_time_s=sum(times) / len(times) if times else wall / max(cfg.train.epochs, 1),
-            wall_s=wall, output_dir=str(run_dir),
+            wall_s=wall, output_dir=str(run_dir), status=status,
         )
         result_path.parent.mkdir(parents=True, exist_ok=True)
         _atomic_write_json(result_path, record.__dict__)
-        log(f"[study {spec.name}] {label} seed {seed}: top-1 {record.top1:.2f}%")
+        log(f"[study {spec.name}] {label} seed {seed}: {status}, top-1 {record.top1:.2f}%")
         records.append(record)
     return records
 
