@@ -108,25 +108,82 @@ def oracle_odconv(layer, x):
     return torch.cat(out)
 
 
-def oracle_dcd(layer, x):
-    """Li et al. 2021: W(x) = Λ(x) W0 + P Φ(x) Qᵀ, the residual at the kernel's centre tap."""
-    xp, pad = _pad(layer, x)
-    o_n, c_n, kh, kw = layer.weight.shape
+def _hsig(z):
+    return torch.clamp(z + 3, 0, 6) / 3
+
+
+def _dcd_attention(layer, x_b):
+    """Λ (O,) and Φ̃ (L, L) of one sample, from the authors' attention written out."""
     n_lat = layer.latent_dim
-    hsig = lambda z: torch.clamp(z + 3, 0, 6) / 3  # noqa: E731
+    pooled = F.adaptive_avg_pool2d(x_b, layer.pool_size).flatten()
+    s = layer.fc.weight @ pooled
+    s = s * _hsig(layer.fc_se.weight @ s)
+    return _hsig(layer.fc_scale.weight @ s), (layer.fc_phi.weight @ s).view(n_lat, n_lat)
+
+
+def _batch_norm(z, bn, dims):
+    """BatchNorm by hand: batch statistics (biased variance) in training, running ones in eval."""
+    shape = [1, -1] + [1] * (z.dim() - 2)
+    if bn.training:
+        mean, var = z.mean(dims, keepdim=True), z.var(dims, unbiased=False, keepdim=True)
+    else:
+        mean, var = bn.running_mean.view(shape), bn.running_var.view(shape)
+    return (z - mean) / torch.sqrt(var + bn.eps) * bn.weight.view(shape) + bn.bias.view(shape)
+
+
+def oracle_dcd(layer, x):
+    """Li et al. 2021 as the authors' code computes it: y = Λ ⊙ conv(x, W0) + P u with
+    z = BN₁(Qᵀ x_c), u = BN₂(Φ̃ z) + z, x_c the input under the kernel's centre tap (read
+    from an unfold), the BatchNorms written out (batch statistics in training)."""
+    xp, pad = _pad(layer, x)
+    _o_n, c_n, kh, kw = layer.weight.shape
+    static, phis = [], []
+    for b in range(x.shape[0]):
+        lam, phi = _dcd_attention(layer, x[b:b + 1])
+        bias = None if layer.bias is None else lam * layer.bias  # the static filter's bias
+        static.append(F.conv2d(xp[b:b + 1], lam[:, None, None, None] * layer.weight, bias,
+                               layer.stride, pad, layer.dilation))
+        phis.append(phi)
+    static = torch.cat(static)
+    ho, wo = static.shape[2:]
+    cols = F.unfold(xp, (kh, kw), layer.dilation, pad, layer.stride)
+    x_c = cols.view(x.shape[0], c_n, kh, kw, ho * wo)[:, :, (kh - 1) // 2, (kw - 1) // 2]
+    z = torch.einsum("lc,bcp->blp", layer.q, x_c)
+    if layer.norm_q is not None:
+        z = _batch_norm(z, layer.norm_q, (0, 2))
+    u = torch.einsum("bkl,blp->bkp", torch.stack(phis), z)
+    if layer.norm_phi is not None:
+        u = _batch_norm(u, layer.norm_phi, (0, 2))
+    return static + torch.einsum("ol,blp->bop", layer.p, u + z).view_as(static)
+
+
+def oracle_dcd_kernel(layer, x):
+    """Eval mode (or no latent norms): W(x) = Λ W0 + P Φ Qᵀ at the centre tap, Φ = I + Φ̃,
+    with each BatchNorm folded into a per-channel scale a and shift c, which adds the
+    per-sample bias P((diag(a₂)Φ̃ + I) c₁ + c₂): one conv per sample."""
+    assert not layer.training or layer.norm_q is None
+    xp, pad = _pad(layer, x)
+    _o_n, _c_n, kh, kw = layer.weight.shape
+    n_lat = layer.latent_dim
+    eye = torch.eye(n_lat, dtype=x.dtype)
+
+    def fold(bn):
+        if bn is None:
+            return torch.ones(n_lat, dtype=x.dtype), torch.zeros(n_lat, dtype=x.dtype)
+        a = bn.weight / torch.sqrt(bn.running_var + bn.eps)
+        return a, bn.bias - a * bn.running_mean
+
+    (a1, c1), (a2, c2) = fold(layer.norm_q), fold(layer.norm_phi)
     out = []
     for b in range(x.shape[0]):
-        pooled = F.adaptive_avg_pool2d(x[b:b + 1], layer.pool_size).flatten()
-        s = layer.fc.weight @ pooled
-        s = s * hsig(layer.fc_se.weight @ s)
-        phi = (layer.fc_phi.weight @ s).view(n_lat, n_lat) + torch.eye(n_lat, dtype=x.dtype)
-        lam = hsig(layer.fc_scale.weight @ s)
+        lam, phi = _dcd_attention(layer, x[b:b + 1])
+        fusion = a2[:, None] * phi + eye
         kernel = lam[:, None, None, None] * layer.weight
-        residual = torch.zeros(o_n, c_n, kh, kw, dtype=x.dtype)
-        residual[:, :, (kh - 1) // 2, (kw - 1) // 2] = layer.p @ phi @ layer.q
-        bias = None if layer.bias is None else lam * layer.bias  # the static filter's bias
-        out.append(F.conv2d(xp[b:b + 1], kernel + residual, bias, layer.stride, pad,
-                            layer.dilation))
+        kernel[:, :, (kh - 1) // 2, (kw - 1) // 2] += layer.p @ fusion @ (a1[:, None] * layer.q)
+        bias = layer.p @ (fusion @ c1 + c2)
+        if layer.bias is not None:
+            bias = bias + lam * layer.bias
+        out.append(F.conv2d(xp[b:b + 1], kernel, bias, layer.stride, pad, layer.dilation))
     return torch.cat(out)
 
 
@@ -147,6 +204,11 @@ def make(name, dtype=torch.float64, **kw):
                 mod.weight.mul_(3.0)
                 if mod.bias is not None:
                     mod.bias.normal_()
+            if isinstance(mod, nn.modules.batchnorm._BatchNorm):  # nothing left at identity
+                mod.running_mean.normal_()
+                mod.running_var.uniform_(0.5, 2.0)
+                mod.weight.normal_(1.0, 0.3)
+                mod.bias.normal_()
     return layer
 
 
@@ -250,6 +312,29 @@ def test_odconv_k1_with_saturated_attentions_is_conv2d():
     torch.testing.assert_close(layer(x), conv(x), rtol=1e-12, atol=1e-12)
 
 
+@pytest.mark.parametrize("geo", [dict(), dict(stride=2, bias=False), GEOMETRIES[2],
+                                 dict(padding_mode="reflect", pool_size=2)])
+def test_dcd_eval_and_unnormalised_are_per_sample_kernels(geo):
+    # in eval mode (BatchNorms folded) and with latent_norm="none", W(x) is a per-sample kernel
+    for layer in (make("dcd", **geo).eval(), make("dcd", latent_norm="none", **geo)):
+        x = torch.randn(3, layer.in_channels, 9, 8, dtype=torch.float64)
+        torch.testing.assert_close(layer(x), oracle_dcd_kernel(layer, x), rtol=1e-10, atol=1e-10)
+        torch.testing.assert_close(layer(x), oracle_dcd(layer, x), rtol=1e-10, atol=1e-10)
+
+
+def test_dcd_training_uses_batch_statistics():
+    # the authors' BatchNorms: a sample's output depends on the rest of the batch in training,
+    # not in eval; the running statistics move towards the latent batch statistics
+    layer = make("dcd")
+    x = torch.randn(4, 4, 7, 7, dtype=torch.float64)
+    before = layer.norm_q.running_mean.clone()
+    y_all = layer(x)
+    assert not torch.allclose(layer(x[:2])[0], y_all[0])
+    assert not torch.equal(layer.norm_q.running_mean, before)
+    layer.eval()
+    torch.testing.assert_close(layer(x[:2])[0], layer(x)[0], rtol=1e-12, atol=1e-12)
+
+
 def test_dcd_without_residual_and_unit_scale_is_conv2d():
     # Λ = hsig(0) = 1 and P = 0: W(x) = W0
     layer = make("dcd", stride=2)
@@ -272,7 +357,12 @@ def test_batch_size_one_training(name):
     for pname, p in layer.named_parameters():
         assert p.grad is not None and torch.isfinite(p.grad).all(), pname
         assert p.grad.abs().sum() > 0, f"{pname} gets no gradient"
-    # 1×1 spatial input: nothing normalises over positions either
+    # 1×1 spatial input: nothing normalises over positions either, except DCD's latent
+    # BatchNorms, which then have one value per channel and say so
+    if name == "dcd":
+        with pytest.raises(ValueError, match="one latent value per channel"):
+            layer(torch.randn(1, 4, 1, 1))
+        layer = make(name, dtype=torch.float32, latent_norm="none").train()
     layer(torch.randn(1, 4, 1, 1)).sum().backward()
 
 
@@ -445,11 +535,14 @@ def test_parameter_counts_closed_form():
     # DCD, paper rule: C = 64 → L = 64 / 2^⌊log2 8⌋ = 8, h = max(⌊max(64, 64)/16⌋, 4) = 4
     lat, h = 8, 4
     assert _count(DCDConv2d(64, 96, 3, bias=True)) == (
+        96 * 64 * 9 + 96 + lat * 64 + 96 * lat + 4 * lat + 64 * h + h * h + h * lat * lat + h * 96)
+    assert _count(DCDConv2d(64, 96, 3, bias=True, latent_norm="none")) == (
         96 * 64 * 9 + 96 + lat * 64 + 96 * lat + 64 * h + h * h + h * lat * lat + h * 96)
     # DCD as the authors' ResNet-18: pool 2×2, L = ⌊√(4·128)⌋ = 22, h = ⌊max(512, 484)/16⌋ = 32
     lat, h = 22, 32
     assert _count(DCDConv2d(128, 128, 3, bias=False, pool_size=2, latent_dim="sqrt")) == (
-        128 * 128 * 9 + lat * 128 + 128 * lat + 4 * 128 * h + h * h + h * lat * lat + h * 128)
+        128 * 128 * 9 + lat * 128 + 128 * lat + 4 * lat + 4 * 128 * h + h * h + h * lat * lat
+        + h * 128)
 
 
 def test_dcd_latent_dimension_rules():
@@ -462,24 +555,31 @@ def test_dcd_latent_dimension_rules():
 
 
 # --------------------------------------------------------------------------- DCD classifier
-def test_dcd_linear_matches_formula_and_counts():
+@pytest.mark.parametrize("train", [True, False])
+def test_dcd_linear_matches_formula_and_counts(train):
     torch.manual_seed(0)
     c, o, lat, h = 12, 7, 5, 6
-    layer = DCDLinear(c, o, latent_dim=lat, hidden=h, dtype=torch.float64)
+    layer = DCDLinear(c, o, latent_dim=lat, hidden=h, dtype=torch.float64).train(train)
     with torch.no_grad():
         for fc in (layer.fc, layer.fc_se, layer.fc_phi, layer.fc_scale):
             fc.weight.mul_(3.0)
+        for bn in (layer.norm_q, layer.norm_phi):
+            bn.running_mean.normal_()
+            bn.running_var.uniform_(0.5, 2.0)
+            bn.weight.normal_(1.0, 0.3)
+            bn.bias.normal_()
     x = torch.randn(3, c, dtype=torch.float64, requires_grad=True)
-    hsig = lambda z: torch.clamp(z + 3, 0, 6) / 3  # noqa: E731
-    rows = []
-    for b in range(3):  # W(x) = Λ(x) W0 + P Φ(x) Qᵀ per sample, bias scaled by Λ
+    # y = Λ ⊙ (W0 x + b) + P u, z = BN₁(Qᵀ x), u = BN₂(Φ̃ z) + z (the authors' DYCls)
+    lams, phis = [], []
+    for b in range(3):
         s = layer.fc.weight @ x[b]
-        s = s * hsig(layer.fc_se.weight @ s)
-        phi = (layer.fc_phi.weight @ s).view(lat, lat) + torch.eye(lat, dtype=x.dtype)
-        lam = hsig(layer.fc_scale.weight @ s)
-        w = lam[:, None] * layer.weight + layer.p @ phi @ layer.q
-        rows.append(w @ x[b] + lam * layer.bias)
-    ref = torch.stack(rows)
+        s = s * _hsig(layer.fc_se.weight @ s)
+        phis.append((layer.fc_phi.weight @ s).view(lat, lat))
+        lams.append(_hsig(layer.fc_scale.weight @ s))
+    lam, phi = torch.stack(lams), torch.stack(phis)
+    z = _batch_norm(x @ layer.q.T, layer.norm_q, (0,))
+    u = _batch_norm(torch.einsum("bkl,bl->bk", phi, z), layer.norm_phi, (0,)) + z
+    ref = lam * (x @ layer.weight.T + layer.bias) + u @ layer.p.T
     y = layer(x)
     torch.testing.assert_close(y, ref, rtol=1e-10, atol=1e-10)
     params = list(layer.parameters())
@@ -487,9 +587,16 @@ def test_dcd_linear_matches_formula_and_counts():
     for got, want in zip(torch.autograd.grad(y, [x, *params], g),
                          torch.autograd.grad(ref, [x, *params], g), strict=True):
         torch.testing.assert_close(got, want, rtol=1e-9, atol=1e-10)
-    layer(torch.randn(1, c, dtype=torch.float64)).sum().backward()  # batch size 1 trains
+    if train:  # batch size 1: the BatchNorms have one value per channel
+        with pytest.raises(ValueError, match="batch of 2 or more"):
+            layer(torch.randn(1, c, dtype=torch.float64))
+        unnormalised = DCDLinear(c, o, latent_dim=lat, hidden=h, latent_norm="none")
+        unnormalised(torch.randn(1, c)).sum().backward()
+    else:
+        layer(torch.randn(1, c, dtype=torch.float64))
     # the authors' ResNet-18 classifier: 512 → 1000, L = h = 32
     assert _count(DCDLinear(512, 1000)) == (
-        512 * 1000 + 1000 + 32 * 512 + 1000 * 32 + 512 * 32 + 32 * 32 + 32 * 32 * 32 + 32 * 1000)
+        512 * 1000 + 1000 + 32 * 512 + 1000 * 32 + 4 * 32 + 512 * 32 + 32 * 32 + 32 * 32 * 32
+        + 32 * 1000)
     with pytest.raises(ValueError, match=r"expects input of shape \(B, 512\)"):
         DCDLinear(512, 10)(torch.randn(2, 256))

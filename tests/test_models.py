@@ -8,6 +8,8 @@ gradient, no NaN).
 
 from __future__ import annotations
 
+import math
+
 import pytest
 import torch
 import torchvision
@@ -360,3 +362,27 @@ def test_cuda_matches_cpu(name, monkeypatch):
     torch.testing.assert_close(out, ref, rtol=1e-3, atol=1e-4)
     cpu_madds = count_madds(model.cpu(), (3, size, size)).madds
     assert count_madds(model.cuda(), (3, size, size)).madds == cpu_madds
+
+
+@pytest.mark.parametrize("name", ["resnet18_a2d2c_plus", "resnet18_condconv",
+                                  "resnet18_dynamicconv", "resnet18_dcd", "resnet18_odconv"])
+def test_short_training_keeps_a_finite_falling_loss(name):
+    # SGD at the recipes' lr 0.1 (momentum 0.9) memorising 64 random images: every loss finite
+    # and the last steps clearly below the first. DCD without the authors' latent BatchNorms
+    # failed this (non-finite loss by step 5: its dynamic classifier is quadratic in x).
+    torch.set_num_threads(1)
+    g = torch.Generator().manual_seed(0)
+    x, y = torch.randn(64, 1, 16, 16, generator=g), torch.randint(0, 10, (64,), generator=g)
+    torch.manual_seed(0)
+    model = a2d2c.create_model(name, num_classes=10, in_chans=1, stem="cifar", width_mult=0.125)
+    opt = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9, weight_decay=5e-4)
+    losses = []
+    for step in range(30):
+        i = (step % 2) * 32
+        loss = torch.nn.functional.cross_entropy(model(x[i:i + 32]), y[i:i + 32])
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        losses.append(loss.item())
+    assert all(math.isfinite(v) for v in losses), losses
+    assert sum(losses[-5:]) < 0.85 * sum(losses[:5]), losses

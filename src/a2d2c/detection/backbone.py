@@ -113,6 +113,9 @@ def create_backbone_body(
         overrides["variant"] = variant
     if frozen_bn:
         overrides["norm_layer"] = FrozenBatchNorm2d
+    # the classifier is not part of the detector: a plain one, whatever the placement's
+    # default (DCD's dynamic classifier has BatchNorm1d, which cannot be frozen)
+    overrides["classifier"] = "linear"
     model = _create_model(name, **overrides)
     missing = [s for s in _RESNET_STAGES if not hasattr(model, s)]
     if missing:

@@ -25,15 +25,24 @@ bias), an SE gate ``s ← s · hsig(FC_se(s))`` (``h → h``, no bias), then
 ``Φ̃ = FC_φ(s)`` (``h → L²``) and ``Λ = hsig(FC_λ(s))`` (``h → O``), with
 ``hsig(z) = relu6(z + 3)/3 ∈ [0, 2]`` and ``h = max(int(max(p²C, L²)·r), min_hidden)``.
 
-**Normalisation.** The authors' code puts a BatchNorm after ``Qᵀ`` and after ``Φ`` in the
-latent space. Those normalise over batch *and* spatial positions, so they are not a
-function of one sample and ``W(x)`` would stop being a per-sample kernel in training;
-they are left out (4L parameters per layer fewer). Nothing else normalises, so batch
-size 1 works in training.
+**Normalisation** (``latent_norm``). The authors' code normalises the latent space twice:
+``z = BN₁(Qᵀ x_c)`` and ``u = BN₂(Φ̃ z) + z`` (so ``Φ = I + Φ̃`` with the identity path
+left unnormalised), then ``P u``. ``latent_norm="batch"`` (the default) does the same with
+two ``BatchNorm2d(L)`` over the ``(B, L, H', W')`` latent map, which equals their
+``BatchNorm1d`` over ``(B, L, H'·W')``. Without them the layer does not train: ``Φ̃ z`` is
+quadratic in the weights and the input, and SGD at the usual learning rates diverges within
+a few steps (measured: non-finite loss by step 5 of a ResNet-18 at lr 0.1). In eval mode
+the BatchNorms are per-channel affine maps, so ``W(x)`` is again a per-sample kernel (plus
+a per-sample bias ``P((diag(a₂)Φ̃ + I)b₁ + b₂)``, ``aᵢ, bᵢ`` the folded scale and shift);
+in training they use batch statistics, as BatchNorm does, and need more than one latent
+value per channel (``B·H'·W' > 1``). ``latent_norm="none"`` leaves them out
+(``u = (I + Φ̃) z``, a per-sample kernel in training too, 4L parameters fewer) — for
+analysis, not for training from scratch.
 
-**Computation** (exact, no per-sample loop): ``y = Λ ⊙ (conv(x, W0) + b) + P(Φ(Qᵀ x_c))``,
-where ``x_c`` is the input under the centre tap of every output position (a strided
-slice), ``Φ`` applied per sample as a batched matrix product in the latent space.
+**Computation** (exact, no per-sample loop): ``y = Λ ⊙ (conv(x, W0) + b) + P u`` with
+``z = BN₁(Qᵀ x_c)`` and ``u = BN₂(Φ̃ z) + z``, where ``x_c`` is the input under the centre
+tap of every output position (a strided slice) and ``Φ̃ z`` a batched matrix product in the
+latent space.
 """
 
 from __future__ import annotations
@@ -55,9 +64,11 @@ from ._dynamic_functional import (
     linear,
 )
 
-__all__ = ["LATENT_RULES", "DCDConv2d", "DCDLinear", "dcd_latent_dim"]
+__all__ = ["LATENT_NORMS", "LATENT_RULES", "DCDConv2d", "DCDLinear", "dcd_latent_dim"]
 
 LATENT_RULES = ("paper", "sqrt")
+#: ``latent_norm`` choices: the authors' two latent BatchNorms, or none
+LATENT_NORMS = ("batch", "none")
 
 
 def dcd_latent_dim(in_channels: int, rule: str | int = "paper", pool_size: int = 1) -> int:
@@ -79,7 +90,7 @@ def dcd_latent_dim(in_channels: int, rule: str | int = "paper", pool_size: int =
 
 
 def _dcd_heads(layer: nn.Module, y: Tensor) -> tuple[Tensor, Tensor]:
-    """The DCD attention on a descriptor ``y`` (B, d): ``(Λ (B, O), Φ = I + Φ̃ (B, L, L))``.
+    """The DCD attention on a descriptor ``y`` (B, d): ``(Λ (B, O), Φ̃ (B, L, L))``.
 
     ``s = FC(y)``, ``s ← s·hsig(FC_se(s))``, ``Φ̃ = FC_φ(s)``, ``Λ = hsig(FC_λ(s))``; the
     layer provides ``fc, fc_se, fc_phi, fc_scale`` and ``latent_dim``.
@@ -88,8 +99,36 @@ def _dcd_heads(layer: nn.Module, y: Tensor) -> tuple[Tensor, Tensor]:
     s = linear(layer.fc, y)
     s = s * hard_sigmoid(linear(layer.fc_se, s))
     phi = linear(layer.fc_phi, s).view(y.shape[0], n_lat, n_lat)
-    phi = phi + torch.eye(n_lat, dtype=y.dtype, device=y.device)
     return hard_sigmoid(linear(layer.fc_scale, s)), phi
+
+
+def _check_latent_norm(latent_norm: str) -> str:
+    if latent_norm not in LATENT_NORMS:
+        raise ValueError(f"latent_norm must be one of {LATENT_NORMS}, got {latent_norm!r}")
+    return latent_norm
+
+
+def _check_batch_stats(layer: nn.Module, values_per_channel: int) -> None:
+    """BatchNorm in training needs more than one value per latent channel: say so clearly."""
+    if layer.training and layer.norm_q is not None and values_per_channel <= 1:
+        raise ValueError(
+            f"{type(layer).__name__} with latent_norm='batch' (the authors' latent BatchNorms) "
+            "cannot train on one latent value per channel (batch size 1 with a 1x1 output): "
+            "use a batch of 2 or more, eval mode, or latent_norm='none'")
+
+
+def _latent_fusion(layer: nn.Module, phi: Tensor, z: Tensor) -> Tensor:
+    """``u = BN₂(Φ̃ z) + z`` with ``z = BN₁(z)`` (or ``(I + Φ̃) z`` without the norms).
+
+    ``z``: ``(B, L, *spatial)``; the norms are ``BatchNorm2d`` (conv) or ``BatchNorm1d``
+    (linear) and see ``z`` in its own shape."""
+    if layer.norm_q is not None:
+        z = layer.norm_q(z)
+    b = z.shape[0]
+    u = torch.bmm(phi.to(z.dtype), z.reshape(b, layer.latent_dim, -1)).view_as(z)
+    if layer.norm_phi is not None:
+        u = layer.norm_phi(u)
+    return u + z
 
 
 class DCDConv2d(DynamicConvBase):
@@ -107,15 +146,20 @@ class DCDConv2d(DynamicConvBase):
         min_hidden: 4 in the authors' code.
         num_kernels: accepted for the factory's common interface; DCD has one static
             kernel, so it must be 1.
+        latent_norm: ``"batch"`` (default): the authors' two latent BatchNorms;
+            ``"none"``: without them (a per-sample kernel in training too; does not train
+            from scratch at usual learning rates, see the module docstring).
 
     Attributes:
         weight: ``(O, C, kh, kw)``, the static ``W0``; bias: ``(O,)`` or ``None``, part of
             the static filter and scaled by ``Λ`` with it (the authors' layers have none).
         q: ``(L, C)``, ``Qᵀ``; p: ``(O, L)``, ``P``.
+        norm_q, norm_phi: ``BatchNorm2d(L)`` after ``Qᵀ`` and after ``Φ̃`` (``None`` with
+            ``latent_norm="none"``).
         fc ``(p²C → h)``, fc_se ``(h → h)``, fc_phi ``(h → L²)``, fc_scale ``(h → O)``,
         all without bias.
 
-    Parameters: ``O·C·kh·kw + O·[bias] + L·C + O·L + p²C·h + h² + h·L² + h·O``.
+    Parameters: ``O·C·kh·kw + O·[bias] + L·C + O·L + 4L·[batch] + p²C·h + h² + h·L² + h·O``.
     """
 
     def __init__(
@@ -135,6 +179,7 @@ class DCDConv2d(DynamicConvBase):
         pool_size: int = 1,
         reduction: float = 0.0625,
         min_hidden: int = 4,
+        latent_norm: str = "batch",
         device: torch.device | str | None = None,
         dtype: torch.dtype | None = None,
     ) -> None:
@@ -164,6 +209,10 @@ class DCDConv2d(DynamicConvBase):
         self.bias = nn.Parameter(torch.empty(out_channels, **factory)) if bias else None
         self.q = nn.Parameter(torch.empty(n_lat, in_channels, **factory))
         self.p = nn.Parameter(torch.empty(out_channels, n_lat, **factory))
+        self.latent_norm = _check_latent_norm(latent_norm)
+        norm = latent_norm == "batch"
+        self.norm_q = nn.BatchNorm2d(n_lat, **factory) if norm else None
+        self.norm_phi = nn.BatchNorm2d(n_lat, **factory) if norm else None
         self.fc = nn.Linear(pooled, h, bias=False, **factory)
         self.fc_se = nn.Linear(h, h, bias=False, **factory)
         self.fc_phi = nn.Linear(h, n_lat * n_lat, bias=False, **factory)
@@ -176,15 +225,17 @@ class DCDConv2d(DynamicConvBase):
         init_like_conv2d(self.weight, self.bias)
         init_like_conv2d(self.q[:, :, None, None], None)
         init_like_conv2d(self.p[:, :, None, None], None)
-        for fc in (self.fc, self.fc_se, self.fc_phi, self.fc_scale):
-            fc.reset_parameters()
+        for m in (self.fc, self.fc_se, self.fc_phi, self.fc_scale, self.norm_q, self.norm_phi):
+            if m is not None:
+                m.reset_parameters()
 
     def extra_repr(self) -> str:
         return (self._geometry_repr(self.bias is not None)
-                + f", L={self.latent_dim}, pool={self.pool_size}, hidden={self.hidden_channels}")
+                + f", L={self.latent_dim}, pool={self.pool_size}, hidden={self.hidden_channels}"
+                + f", latent_norm={self.latent_norm}")
 
     def attention(self, x: Tensor) -> tuple[Tensor, Tensor]:
-        """``(Λ, Φ)`` for input ``x``: ``(B, O)`` and ``(B, L, L)`` (``Φ = I + Φ̃``)."""
+        """``(Λ, Φ̃)`` for input ``x``: ``(B, O)`` and ``(B, L, L)`` (``Φ = I + Φ̃``)."""
         acc = attention_dtype(self.weight)
         with torch.autocast(x.device.type, enabled=False):
             y = F.adaptive_avg_pool2d(x.to(acc), self.pool_size).reshape(x.shape[0], -1)
@@ -206,10 +257,10 @@ class DCDConv2d(DynamicConvBase):
         x, pad = self.geometry.pad_input(x)
         y = F.conv2d(x, self.weight, self.bias, self.stride, pad, self.dilation)
         b, _, ho, wo = y.shape
+        _check_batch_stats(self, b * ho * wo)
         y = y * scale.to(y.dtype)[:, :, None, None]
         z = F.conv2d(self._centre_input(x, pad, ho, wo), self.q[:, :, None, None])
-        z = torch.bmm(phi.to(z.dtype), z.reshape(b, self.latent_dim, ho * wo))
-        return y + F.conv2d(z.view(b, self.latent_dim, ho, wo), self.p[:, :, None, None])
+        return y + F.conv2d(_latent_fusion(self, phi, z), self.p[:, :, None, None])
 
 
 class DCDLinear(nn.Module):
@@ -217,17 +268,20 @@ class DCDLinear(nn.Module):
 
     ``W(x) = Λ(x)·W0 + P·Φ(x)·Qᵀ`` as in :class:`DCDConv2d`, on a vector input:
     ``y = Λ(x) ⊙ (W0 x + b) + P (I + Φ̃(x)) Qᵀ x``, the attention computed from ``x``
-    itself (``FC: C → h``, SE gate, ``FC_φ: h → L²``, ``FC_λ: h → O``). The published
-    DCD ResNet-18 count (14.70M) includes this classifier (``L = h = 32``); its two latent
-    BatchNorms are left out for the same reason as in :class:`DCDConv2d` (on a ``(B, L)``
-    tensor they also make batch size 1 untrainable).
+    itself (``FC: C → h``, SE gate, ``FC_φ: h → L²``, ``FC_λ: h → O``), and the latent
+    fusion ``u = BN₂(Φ̃ z) + z``, ``z = BN₁(Qᵀ x)`` as in the authors' code (two
+    ``BatchNorm1d(L)``; without them this classifier's logits are quadratic in the features
+    and training diverges at once). The published DCD ResNet-18 count (14.70M) includes
+    this classifier (``L = h = 32``). In training the BatchNorms need a batch of 2 or more.
 
     Args:
         in_features, out_features, bias: as in :class:`torch.nn.Linear`.
         latent_dim: ``L`` (32 in the authors' code).
         hidden: ``h``, the attention's width (32 in the authors' code).
+        latent_norm: ``"batch"`` (default, the authors') or ``"none"``, as in
+            :class:`DCDConv2d`.
 
-    Parameters: ``O·C + O·[bias] + L·C + O·L + C·h + h² + h·L² + h·O``.
+    Parameters: ``O·C + O·[bias] + L·C + O·L + 4L·[batch] + C·h + h² + h·L² + h·O``.
     """
 
     def __init__(
@@ -238,6 +292,7 @@ class DCDLinear(nn.Module):
         *,
         latent_dim: int = 32,
         hidden: int = 32,
+        latent_norm: str = "batch",
         device: torch.device | str | None = None,
         dtype: torch.dtype | None = None,
     ) -> None:
@@ -251,6 +306,10 @@ class DCDLinear(nn.Module):
         self.bias = nn.Parameter(torch.empty(out_features, **factory)) if bias else None
         self.q = nn.Parameter(torch.empty(latent_dim, in_features, **factory))
         self.p = nn.Parameter(torch.empty(out_features, latent_dim, **factory))
+        self.latent_norm = _check_latent_norm(latent_norm)
+        norm = latent_norm == "batch"
+        self.norm_q = nn.BatchNorm1d(latent_dim, **factory) if norm else None
+        self.norm_phi = nn.BatchNorm1d(latent_dim, **factory) if norm else None
         self.fc = nn.Linear(in_features, hidden, bias=False, **factory)
         self.fc_se = nn.Linear(hidden, hidden, bias=False, **factory)
         self.fc_phi = nn.Linear(hidden, latent_dim * latent_dim, bias=False, **factory)
@@ -262,12 +321,14 @@ class DCDLinear(nn.Module):
         init_like_conv2d(self.weight[:, :, None, None], self.bias)
         init_like_conv2d(self.q[:, :, None, None], None)
         init_like_conv2d(self.p[:, :, None, None], None)
-        for fc in (self.fc, self.fc_se, self.fc_phi, self.fc_scale):
-            fc.reset_parameters()
+        for m in (self.fc, self.fc_se, self.fc_phi, self.fc_scale, self.norm_q, self.norm_phi):
+            if m is not None:
+                m.reset_parameters()
 
     def extra_repr(self) -> str:
         return (f"in_features={self.in_features}, out_features={self.out_features}, "
-                f"bias={self.bias is not None}, L={self.latent_dim}, hidden={self.hidden_channels}")
+                f"bias={self.bias is not None}, L={self.latent_dim}, hidden={self.hidden_channels}"
+                f", latent_norm={self.latent_norm}")
 
     def forward(self, x: Tensor) -> Tensor:
         if not isinstance(x, Tensor) or x.dim() != 2 or x.shape[1] != self.in_features:
@@ -277,7 +338,6 @@ class DCDLinear(nn.Module):
         acc = attention_dtype(self.weight)
         with torch.autocast(x.device.type, enabled=False):
             scale, phi = _dcd_heads(self, x.to(acc))
+        _check_batch_stats(self, x.shape[0])
         y = F.linear(x, self.weight, self.bias) * scale.to(x.dtype)
-        z = F.linear(x, self.q)  # (B, L)
-        z = torch.bmm(phi.to(z.dtype), z.unsqueeze(-1)).squeeze(-1)
-        return y + F.linear(z, self.p)
+        return y + F.linear(_latent_fusion(self, phi, F.linear(x, self.q)), self.p)
