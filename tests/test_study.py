@@ -60,12 +60,38 @@ def test_the_shipped_studies_load_and_validate():
     from a2d2c.engine import load_config
 
     names = list_studies()
-    assert {"main", "sampling", "num_points", "num_kernels", "head", "placement"} <= set(names)
+    assert {"main", "main_long", "sampling", "num_points", "num_kernels", "head",
+            "placement"} <= set(names)
     for name in names:
         spec = load_study(name)
         assert len(spec.seeds) >= 3
         for label, ov in spec.variants.items():
-            load_config(spec.recipe, overrides=overrides_to_args(ov)), label
+            cfg = load_config(spec.recipe, overrides=[*overrides_to_args(spec.common),
+                                                      *overrides_to_args(ov)])
+            assert cfg.train.epochs >= 1, label
+    # main_long: study 1's variants at 3x the images and 2x the epochs
+    long, main = load_study("main_long"), load_study("main")
+    assert long.variants == main.variants and long.baseline == main.baseline
+    assert long.recipe == main.recipe and long.title != main.title
+    cfg = load_config(long.recipe, overrides=overrides_to_args(long.common))
+    assert (cfg.data.train_samples, cfg.train.epochs) == (30000, 8)
+
+
+def test_a_study_extends_another(tmp_path):
+    parent = _write_study(tmp_path)
+    (tmp_path / "child.yaml").write_text(textwrap.dedent("""
+        title: longer
+        extends: tiny
+        seeds: [0, 1, 2]
+        common: {train: {epochs: 3}}
+        """))
+    child, base = load_study(tmp_path / "child.yaml"), load_study(parent)
+    assert child.title == "longer" and child.seeds == [0, 1, 2]
+    assert child.variants == base.variants and child.baseline == "static"
+    assert child.recipe == base.recipe and child.common == {"train": {"epochs": 3}}
+    (tmp_path / "loop.yaml").write_text("extends: loop\n")
+    with pytest.raises(StudyError, match="cannot extend itself"):
+        load_study(tmp_path / "loop.yaml")
 
 
 RECIPE = """

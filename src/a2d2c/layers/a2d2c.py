@@ -50,14 +50,17 @@ IMPLS = ("auto", "kernel", "unfold", "plus")
 # type. ``grouped``/``unfold``/``dense``: time of a multiply-add in the per-sample grouped
 # convolution / the im2col batched GEMM / a dense convolution, relative to a dense one;
 # ``touch``: time of one memory-bound element pass (the kernel mix, its gradient, im2col,
-# the plus form's mixing), in dense multiply-adds. CPU values were fitted to
-# ``a2d2c bench --preset layers`` on 2 threads (docs/PERFORMANCE.md); CUDA values are
-# estimates from the ratio of tensor-core throughput to memory bandwidth (H100 class) and
-# cuDNN's weak grouped convolutions for few channels per group, to be refitted from
-# ``a2d2c bench --device cuda``.
+# the plus form's mixing), in dense multiply-adds; ``batch1``: the kernel and unfold forms'
+# convolution at batch size 1 (a dense conv, but behind the per-sample kernel's extra
+# steps). CPU values were fitted to ``a2d2c bench --preset layers`` on 2 threads
+# (docs/PERFORMANCE.md). CUDA values were fitted to ``a2d2c bench --device cuda --dtype bf16
+# --preset issue6`` on an H200 (2026-11-28, benchmarks/results/): there the plus form was
+# the fastest in every case, training and inference, batch 1 and 32 (cuDNN's dense convs
+# are fast, its grouped per-sample convs and the kernel form's extra launches are not), and
+# these constants make ``auto`` choose it for every layer of those cases.
 COST_CONSTANTS: dict[str, dict[str, float]] = {
-    "cpu": {"dense": 1.0, "grouped": 1.3, "unfold": 1.5, "touch": 16.0},
-    "cuda": {"dense": 1.0, "grouped": 4.0, "unfold": 1.5, "touch": 64.0},
+    "cpu": {"dense": 1.0, "grouped": 1.3, "unfold": 1.5, "touch": 16.0, "batch1": 1.0},
+    "cuda": {"dense": 1.0, "grouped": 8.0, "unfold": 6.0, "touch": 64.0, "batch1": 8.0},
 }
 
 
@@ -76,7 +79,7 @@ def estimate_costs(*, batch: int | None, in_channels: int, out_channels: int,
       is 1 for inference and 3 for training (forward, input and weight gradients); the
       mix is formed once in inference, and in training formed, re-formed in backward,
       contracted twice with the kernel gradient (``4K`` passes) plus a transpose. At
-      ``batch == 1`` the grouped convolution is a dense one (``γ_dense``).
+      ``batch == 1`` the grouped convolution is a dense one (``γ_batch1``).
     * ``unfold`` (im2col + GEMM): as ``kernel`` with ``γ_unfold``, plus ``t·C·kh·kw·L``
       for im2col (three passes in training: im2col, its recomputation, col2im).
     * ``plus``: ``p·γ_dense·K·conv + t·K·O·L·(2 or 6)`` (mixing the K responses; in
@@ -96,7 +99,7 @@ def estimate_costs(*, batch: int | None, in_channels: int, out_channels: int,
     passes = 3.0 if training else 1.0
     mix = const["touch"] * num_kernels * out_channels * m * ((4.0 + 2.0 / num_kernels)
                                                              if training else 1.0)
-    gamma_grouped = const["dense"] if batch == 1 else const["grouped"]
+    gamma_grouped = const["batch1"] if batch == 1 else const["grouped"]
     cols = const["touch"] * in_channels * kh * kw * length * passes
     return {
         "kernel": passes * gamma_grouped * conv + mix,
@@ -604,6 +607,7 @@ class A2D2Conv2d(TemperatureMixin):
                 pbar = pbar.view(b, g, k, og, n, -1).mean(-1).permute(0, 4, 1, 2, 3)
             pbar = pbar.transpose(2, 3).reshape(b, -1, k, o)  # (B, N, K, O)
             pi = self._attention(pbar)
-        pi = pi.to(feats.dtype).view(b, k, g, og).transpose(1, 2).unsqueeze(-1)
-        y = (feats * pi).sum(2)
+            # in feats' dtype: CUDA autocast would run sum() in float32 and return float32
+            pi = pi.to(feats.dtype).view(b, k, g, og).transpose(1, 2).unsqueeze(-1)
+            y = (feats * pi).sum(2)
         return y.view(b, o, ho, wo)

@@ -113,10 +113,26 @@ def load_study(name_or_path: str | os.PathLike,
         raise StudyError(f"no study {str(name_or_path)!r} (looked for {path}); known studies: "
                          f"{known}")
     data = yaml.safe_load(path.read_text()) or {}
-    allowed = {"title", "recipe", "seeds", "baseline", "variants", "reduced", "notes", "common"}
+    allowed = {"title", "recipe", "seeds", "baseline", "variants", "reduced", "notes", "common",
+               "extends"}
     unknown = sorted(set(data) - allowed)
     if unknown:
         raise StudyError(f"{path}: unknown key(s) {unknown}; allowed: {sorted(allowed)}")
+    if "extends" in data:
+        # another study (by name, or a path relative to this file): its recipe, seeds,
+        # baseline, variants, notes and common overrides, each key given here replacing
+        # its own, except `common`, which is merged (this file's values win)
+        ref = str(data.pop("extends"))
+        ref_path = path.parent / ref if Path(ref).suffix else path.parent / f"{ref}.yaml"
+        if ref_path.resolve() == path.resolve():
+            raise StudyError(f"{path}: a study cannot extend itself")
+        parent = load_study(ref_path)
+        inherited = {"recipe": os.path.relpath(parent.recipe, path.parent),
+                     "seeds": parent.seeds, "baseline": parent.baseline,
+                     "variants": parent.variants, "reduced": parent.reduced,
+                     "notes": parent.notes}
+        common = _merge(parent.common, data.pop("common", None) or {})
+        data = {**inherited, **data, "common": common}
     for key in ("recipe", "variants", "baseline"):
         if key not in data:
             raise StudyError(f"{path}: missing required key {key!r}")
@@ -139,6 +155,15 @@ def load_study(name_or_path: str | os.PathLike,
         baseline=data["baseline"], variants=variants, reduced=str(data.get("reduced", "")),
         notes=str(data.get("notes", "")), path=path, common=data.get("common") or {},
     )
+
+
+def _merge(base: Mapping[str, Any], top: Mapping[str, Any]) -> dict[str, Any]:
+    """Nested dict merge, ``top`` winning."""
+    out = dict(base)
+    for k, v in top.items():
+        out[k] = _merge(out[k], v) if isinstance(v, Mapping) and isinstance(out.get(k),
+                                                                             Mapping) else v
+    return out
 
 
 def _flatten(d: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:

@@ -1,0 +1,55 @@
+#!/usr/bin/env bash
+# Everything this project checks on a GPU, in one command (CI has no GPU):
+#   1. the CUDA tests (tests/*: every test whose name says cuda; they skip on CPU);
+#   2. `a2d2c bench --device cuda --dtype bf16 --preset issue6` (issue 6's table on CUDA);
+#   3. optionally (STUDIES="sampling num_points ..."), studies on CUDA, one process per
+#      (study, seed[, group of variants with SPLIT=n]) side by side; their records land
+#      in $OUT/studies.tgz.
+# Each step has its own time limit, so a hang in one still returns the others' output.
+# Usage: OUT=/tmp/gpu bash scripts/gpu_checks.sh
+# Needs: torch with CUDA, pyyaml, safetensors, tqdm, pytest (no install: runs from src/);
+# Fashion-MNIST under data/FashionMNIST/raw for the studies.
+set -uo pipefail
+cd "$(dirname "$0")/.."
+OUT=${OUT:-gpu_out}
+mkdir -p "$OUT"
+export PYTHONPATH="$PWD/src${PYTHONPATH:+:$PYTHONPATH}" PYTHONUNBUFFERED=1
+PY=${PYTHON:-python3}
+
+{
+  nvidia-smi -L
+  "$PY" -c "import torch; print('torch', torch.__version__, 'cuda', torch.version.cuda, torch.cuda.get_device_name())"
+  nproc
+} 2>&1 | tee "$OUT/env.txt"
+
+echo "== CUDA tests"
+timeout "${TEST_S:-150}" "$PY" -m pytest -q -rs -p no:cacheprovider tests -k cuda 2>&1 | tee "$OUT/tests.txt"
+
+echo "== bench (bf16)"
+timeout "${BENCH_S:-150}" "$PY" -m a2d2c bench --device cuda --dtype bf16 --preset issue6 \
+  --out "$OUT" 2>&1 | tee "$OUT/bench.txt"
+
+if [ -n "${STUDIES:-}" ]; then
+  echo "== studies on CUDA: $STUDIES"
+  pids=()
+  for study in $STUDIES; do
+    # SPLIT=n: the study's variants dealt round-robin into n groups, one process per group
+    mapfile -t groups < <("$PY" -c "from a2d2c.study.runner import load_study
+v = list(load_study('$study').variants); n = ${SPLIT:-1}
+print(*(' '.join(v[i::n]) for i in range(min(n, len(v)))), sep='\n')")
+    for seed in ${SEEDS:-0 1 2}; do
+      for gi in "${!groups[@]}"; do
+        # shellcheck disable=SC2086
+        timeout "${STUDY_S:-270}" "$PY" -m a2d2c study "$study" --seeds "$seed" \
+          --only ${groups[$gi]} --set train.device=cuda --runs /tmp/gpu_runs \
+          --results "$PWD/results_gpu" > "/tmp/study_${study}_${seed}_${gi}.log" 2>&1 &
+        pids+=($!)
+      done
+    done
+  done
+  wait "${pids[@]}"
+  tail -n 3 /tmp/study_*.log > "$OUT/studies.txt"
+  tar czf "$OUT/studies.tgz" -C "$PWD" results_gpu /tmp/study_*.log 2>/dev/null
+  ls results_gpu/* | head -100
+fi
+echo "== done"
