@@ -322,3 +322,13 @@ def test_cli_missing_data_and_checkpoint_are_clear_errors(tmp_path, capsys):
     assert not (tmp_path / "out").exists()  # nothing built, nothing written
     assert cli_main(["train", "--resume", str(tmp_path / "gone.pt")]) == 2
     assert "checkpoint not found" in capsys.readouterr().err
+
+
+def test_top_k_never_counts_a_non_finite_row():
+    from a2d2c.engine.trainer import _topk_correct
+
+    logits = torch.tensor([[0.1, 2.0, 0.3], [float("nan")] * 3, [1.0, float("inf"), 0.0],
+                           [3.0, 1.0, 2.0]])
+    target = torch.tensor([1, 0, 1, 2])
+    top1, top2 = _topk_correct(logits, target, (1, 2))
+    assert (int(top1), int(top2)) == (1, 2)  # row 0 (top-1), row 3 (top-2); NaN/inf rows never

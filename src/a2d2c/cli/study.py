@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+from pathlib import Path
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -39,6 +40,8 @@ def main(args: argparse.Namespace) -> int:
     records = collect_records(spec, args.results)
     # The command that (re)produces the study: report options are not part of it.
     command = f"a2d2c study {args.name}" + "".join(f" --set {kv}" for kv in args.set)
+    if Path(args.results) != Path("results"):  # where the records are is part of it
+        command += f" --results {args.results}"
     md, png = write_report(spec, records, args.results, command, args.note)
     print(f"wrote {md} and {png} ({len(records)} runs)")
     return 0

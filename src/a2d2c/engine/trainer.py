@@ -123,9 +123,11 @@ def _tqdm() -> Any:
 
 def _topk_correct(logits: torch.Tensor, target: torch.Tensor, ks: tuple[int, ...]
                   ) -> list[torch.Tensor]:
+    """Correct predictions at each k; a sample with a non-finite logit is never correct
+    (``topk`` would rank NaN first and could count it as a hit)."""
     maxk = min(max(ks), logits.shape[1])
     pred = logits.topk(maxk, dim=1).indices
-    hit = pred == target[:, None]
+    hit = (pred == target[:, None]) & torch.isfinite(logits).all(dim=1, keepdim=True)
     return [hit[:, :min(k, maxk)].any(dim=1).sum() for k in ks]
 
 
