@@ -8,12 +8,13 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
+from typing import Any
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from ._base import ConvArgs, check_conv_input
+from ._base import ConvArgs, check_conv_input, check_positive_int
 
 __all__ = [
     "DynamicConvBase",
@@ -62,6 +63,16 @@ class DynamicConvBase(nn.Module):
         self.kernel_size, self.stride, self.dilation = g.kernel_size, g.stride, g.dilation
         self.padding, self.padding_mode = g.padding, g.padding_mode
         return g
+
+    def _init_kernel_bank(self, num_kernels: int, bias: bool,
+                          factory: dict[str, Any]) -> None:
+        """``self.num_kernels`` (validated), the bank ``weight (K, O, C/g, kh, kw)`` and
+        ``bias (K, O)`` or ``None``, uninitialised (``reset_parameters`` fills them)."""
+        g = self.geometry
+        k = self.num_kernels = check_positive_int(num_kernels, "num_kernels", "K")
+        self.weight = nn.Parameter(torch.empty(k, g.out_channels, g.in_channels // g.groups,
+                                               *g.kernel_size, **factory))
+        self.bias = nn.Parameter(torch.empty(k, g.out_channels, **factory)) if bias else None
 
     def _check_input(self, x: Tensor) -> None:
         check_conv_input(x, self.geometry, type(self).__name__)

@@ -14,7 +14,6 @@ from collections.abc import Sequence
 import torch
 from torch import Tensor, nn
 
-from ._base import check_positive_int
 from ._dynamic_functional import DynamicConvBase, attention_dtype, init_like_conv2d, linear
 from ._functional import aggregated_conv2d
 
@@ -56,14 +55,10 @@ class CondConv2d(DynamicConvBase):
         dtype: torch.dtype | None = None,
     ) -> None:
         super().__init__()
-        g = self._init_geometry(in_channels, out_channels, kernel_size, stride, padding,
-                                dilation, groups, padding_mode)
-        self.num_kernels = check_positive_int(num_kernels, "num_kernels", "K")
+        self._init_geometry(in_channels, out_channels, kernel_size, stride, padding,
+                            dilation, groups, padding_mode)
         factory = {"device": device, "dtype": dtype}
-        self.weight = nn.Parameter(torch.empty(num_kernels, out_channels, in_channels // groups,
-                                               *g.kernel_size, **factory))
-        self.bias = (nn.Parameter(torch.empty(num_kernels, out_channels, **factory)) if bias
-                     else None)
+        self._init_kernel_bank(num_kernels, bias, factory)
         self.routing = nn.Linear(in_channels, num_kernels, **factory)
         self.reset_parameters()
 

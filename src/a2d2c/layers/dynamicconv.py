@@ -16,7 +16,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from ._base import TemperatureMixin, check_positive_int
+from ._base import TemperatureMixin
 from ._dynamic_functional import (
     DynamicConvBase,
     attention_dtype,
@@ -71,16 +71,12 @@ class DynamicConv2d(TemperatureMixin, DynamicConvBase):
         dtype: torch.dtype | None = None,
     ) -> None:
         super().__init__()
-        g = self._init_geometry(in_channels, out_channels, kernel_size, stride, padding,
-                                dilation, groups, padding_mode)
-        self.num_kernels = check_positive_int(num_kernels, "num_kernels", "K")
+        self._init_geometry(in_channels, out_channels, kernel_size, stride, padding,
+                            dilation, groups, padding_mode)
         self.reduction = check_ratio(reduction, "reduction")
         self._init_temperature(temperature, device)
         factory = {"device": device, "dtype": dtype}
-        self.weight = nn.Parameter(torch.empty(num_kernels, out_channels, in_channels // groups,
-                                               *g.kernel_size, **factory))
-        self.bias = (nn.Parameter(torch.empty(num_kernels, out_channels, **factory)) if bias
-                     else None)
+        self._init_kernel_bank(num_kernels, bias, factory)
         self.hidden_channels = max(int(in_channels * self.reduction), 1)
         self.fc1 = nn.Linear(in_channels, self.hidden_channels, **factory)
         self.fc2 = nn.Linear(self.hidden_channels, num_kernels, **factory)

@@ -94,15 +94,11 @@ class ODConv2d(TemperatureMixin, DynamicConvBase):
         super().__init__()
         g = self._init_geometry(in_channels, out_channels, kernel_size, stride, padding,
                                 dilation, groups, padding_mode)
-        self.num_kernels = check_positive_int(num_kernels, "num_kernels", "K")
         self.reduction = check_ratio(reduction, "reduction")
         self.min_hidden = check_positive_int(min_hidden, "min_hidden")
         self._init_temperature(temperature, device)
         factory = {"device": device, "dtype": dtype}
-        self.weight = nn.Parameter(torch.empty(num_kernels, out_channels, in_channels // groups,
-                                               *g.kernel_size, **factory))
-        self.bias = (nn.Parameter(torch.empty(num_kernels, out_channels, **factory)) if bias
-                     else None)
+        self._init_kernel_bank(num_kernels, bias, factory)
         h = self.hidden_channels = max(int(in_channels * self.reduction), self.min_hidden)
         taps = g.kernel_size[0] * g.kernel_size[1]
         depthwise = in_channels == groups == out_channels
