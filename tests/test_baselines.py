@@ -121,20 +121,29 @@ def _dcd_attention(layer, x_b):
     return _hsig(layer.fc_scale.weight @ s), (layer.fc_phi.weight @ s).view(n_lat, n_lat)
 
 
-def _batch_norm(z, bn, dims):
-    """BatchNorm by hand: batch statistics (biased variance) in training, running ones in eval."""
+def _latent_norm(z, norm):
+    """DCD's latent norms by hand on z (B, L, ...): BatchNorm with batch statistics (biased
+    variance) in training and running ones in eval; GroupNorm(1, L) with each sample's own
+    statistics over all its latent values."""
+    if norm is None:
+        return z
     shape = [1, -1] + [1] * (z.dim() - 2)
-    if bn.training:
+    if isinstance(norm, nn.GroupNorm):
+        dims = tuple(range(1, z.dim()))
+        mean, var = z.mean(dims, keepdim=True), z.var(dims, unbiased=False, keepdim=True)
+    elif norm.training:
+        dims = (0, *range(2, z.dim()))
         mean, var = z.mean(dims, keepdim=True), z.var(dims, unbiased=False, keepdim=True)
     else:
-        mean, var = bn.running_mean.view(shape), bn.running_var.view(shape)
-    return (z - mean) / torch.sqrt(var + bn.eps) * bn.weight.view(shape) + bn.bias.view(shape)
+        mean, var = norm.running_mean.view(shape), norm.running_var.view(shape)
+    return (z - mean) / torch.sqrt(var + norm.eps) * norm.weight.view(shape) + norm.bias.view(shape)
 
 
 def oracle_dcd(layer, x):
     """Li et al. 2021 as the authors' code computes it: y = Λ ⊙ conv(x, W0) + P u with
-    z = BN₁(Qᵀ x_c), u = BN₂(Φ̃ z) + z, x_c the input under the kernel's centre tap (read
-    from an unfold), the BatchNorms written out (batch statistics in training)."""
+    z = N₁(Qᵀ x_c), u = N₂(Φ̃ z) + z, x_c the input under the kernel's centre tap (read
+    from an unfold), the latent norms written out (BatchNorm: batch statistics in training;
+    GroupNorm(1, L): per sample)."""
     xp, pad = _pad(layer, x)
     _o_n, c_n, kh, kw = layer.weight.shape
     static, phis = [], []
@@ -148,20 +157,16 @@ def oracle_dcd(layer, x):
     ho, wo = static.shape[2:]
     cols = F.unfold(xp, (kh, kw), layer.dilation, pad, layer.stride)
     x_c = cols.view(x.shape[0], c_n, kh, kw, ho * wo)[:, :, (kh - 1) // 2, (kw - 1) // 2]
-    z = torch.einsum("lc,bcp->blp", layer.q, x_c)
-    if layer.norm_q is not None:
-        z = _batch_norm(z, layer.norm_q, (0, 2))
-    u = torch.einsum("bkl,blp->bkp", torch.stack(phis), z)
-    if layer.norm_phi is not None:
-        u = _batch_norm(u, layer.norm_phi, (0, 2))
+    z = _latent_norm(torch.einsum("lc,bcp->blp", layer.q, x_c), layer.norm_q)
+    u = _latent_norm(torch.einsum("bkl,blp->bkp", torch.stack(phis), z), layer.norm_phi)
     return static + torch.einsum("ol,blp->bop", layer.p, u + z).view_as(static)
 
 
 def oracle_dcd_kernel(layer, x):
-    """Eval mode (or no latent norms): W(x) = Λ W0 + P Φ Qᵀ at the centre tap, Φ = I + Φ̃,
-    with each BatchNorm folded into a per-channel scale a and shift c, which adds the
-    per-sample bias P((diag(a₂)Φ̃ + I) c₁ + c₂): one conv per sample."""
-    assert not layer.training or layer.norm_q is None
+    """BatchNorm in eval mode (or no latent norms): W(x) = Λ W0 + P Φ Qᵀ at the centre tap,
+    Φ = I + Φ̃, with each BatchNorm folded into a per-channel scale a and shift c, which
+    adds the per-sample bias P((diag(a₂)Φ̃ + I) c₁ + c₂): one conv per sample."""
+    assert layer.latent_norm == "none" or (layer.latent_norm == "batch" and not layer.training)
     xp, pad = _pad(layer, x)
     _o_n, _c_n, kh, kw = layer.weight.shape
     n_lat = layer.latent_dim
@@ -204,11 +209,12 @@ def make(name, dtype=torch.float64, **kw):
                 mod.weight.mul_(3.0)
                 if mod.bias is not None:
                     mod.bias.normal_()
-            if isinstance(mod, nn.modules.batchnorm._BatchNorm):  # nothing left at identity
+            if isinstance(mod, (nn.modules.batchnorm._BatchNorm, nn.GroupNorm)):
+                mod.weight.normal_(1.0, 0.3)  # nothing left at identity
+                mod.bias.normal_()
+            if isinstance(mod, nn.modules.batchnorm._BatchNorm):
                 mod.running_mean.normal_()
                 mod.running_var.uniform_(0.5, 2.0)
-                mod.weight.normal_(1.0, 0.3)
-                mod.bias.normal_()
     return layer
 
 
@@ -232,6 +238,10 @@ def _cases():
             yield pytest.param(name, geo, id=f"{name}-{i}")
     yield pytest.param("odconv", dict(num_kernels=1), id="odconv-K1")
     yield pytest.param("dcd", dict(pool_size=2, latent_dim="sqrt"), id="dcd-pool2")
+    for norm in ("batch", "none"):  # the default is "layer"
+        yield pytest.param("dcd", dict(latent_norm=norm), id=f"dcd-{norm}")
+        yield pytest.param("dcd", dict(latent_norm=norm, stride=2, padding_mode="reflect"),
+                           id=f"dcd-{norm}-reflect")
     yield pytest.param("dynamicconv", dict(temperature=7.0), id="dynamicconv-tau")
     yield pytest.param("odconv", dict(temperature=3.0), id="odconv-tau")
 
@@ -315,17 +325,29 @@ def test_odconv_k1_with_saturated_attentions_is_conv2d():
 @pytest.mark.parametrize("geo", [dict(), dict(stride=2, bias=False), GEOMETRIES[2],
                                  dict(padding_mode="reflect", pool_size=2)])
 def test_dcd_eval_and_unnormalised_are_per_sample_kernels(geo):
-    # in eval mode (BatchNorms folded) and with latent_norm="none", W(x) is a per-sample kernel
-    for layer in (make("dcd", **geo).eval(), make("dcd", latent_norm="none", **geo)):
+    # the authors' BatchNorms in eval mode (folded) and latent_norm="none": W(x) is a
+    # per-sample kernel with (for BatchNorm) a per-sample bias
+    for layer in (make("dcd", latent_norm="batch", **geo).eval(),
+                  make("dcd", latent_norm="none", **geo)):
         x = torch.randn(3, layer.in_channels, 9, 8, dtype=torch.float64)
         torch.testing.assert_close(layer(x), oracle_dcd_kernel(layer, x), rtol=1e-10, atol=1e-10)
         torch.testing.assert_close(layer(x), oracle_dcd(layer, x), rtol=1e-10, atol=1e-10)
 
 
+def test_dcd_default_latent_norm_is_per_sample():
+    # GroupNorm(1, L): a sample's output does not depend on its batch, in training too, and
+    # batch size 1 with a 1x1 output trains
+    layer = make("dcd")
+    assert layer.latent_norm == "layer" and isinstance(layer.norm_q, nn.GroupNorm)
+    x = torch.randn(4, 4, 7, 7, dtype=torch.float64)
+    torch.testing.assert_close(layer(x[:1]), layer(x)[:1], rtol=1e-12, atol=1e-12)
+    layer(torch.randn(1, 4, 1, 1, dtype=torch.float64)).sum().backward()
+
+
 def test_dcd_training_uses_batch_statistics():
     # the authors' BatchNorms: a sample's output depends on the rest of the batch in training,
     # not in eval; the running statistics move towards the latent batch statistics
-    layer = make("dcd")
+    layer = make("dcd", latent_norm="batch")
     x = torch.randn(4, 4, 7, 7, dtype=torch.float64)
     before = layer.norm_q.running_mean.clone()
     y_all = layer(x)
@@ -357,13 +379,12 @@ def test_batch_size_one_training(name):
     for pname, p in layer.named_parameters():
         assert p.grad is not None and torch.isfinite(p.grad).all(), pname
         assert p.grad.abs().sum() > 0, f"{pname} gets no gradient"
-    # 1×1 spatial input: nothing normalises over positions either, except DCD's latent
-    # BatchNorms, which then have one value per channel and say so
+    # 1×1 spatial input: nothing normalises over positions either (DCD's optional
+    # BatchNorms, the authors', would have one value per channel and say so)
+    layer(torch.randn(1, 4, 1, 1)).sum().backward()
     if name == "dcd":
         with pytest.raises(ValueError, match="one latent value per channel"):
-            layer(torch.randn(1, 4, 1, 1))
-        layer = make(name, dtype=torch.float32, latent_norm="none").train()
-    layer(torch.randn(1, 4, 1, 1)).sum().backward()
+            make(name, dtype=torch.float32, latent_norm="batch").train()(torch.randn(1, 4, 1, 1))
 
 
 @pytest.mark.parametrize("name", list(LAYERS))
@@ -555,21 +576,26 @@ def test_dcd_latent_dimension_rules():
 
 
 # --------------------------------------------------------------------------- DCD classifier
-@pytest.mark.parametrize("train", [True, False])
-def test_dcd_linear_matches_formula_and_counts(train):
+@pytest.mark.parametrize("norm,train", [("layer", True), ("batch", True), ("batch", False),
+                                       ("none", True)])
+def test_dcd_linear_matches_formula_and_counts(norm, train):
     torch.manual_seed(0)
     c, o, lat, h = 12, 7, 5, 6
-    layer = DCDLinear(c, o, latent_dim=lat, hidden=h, dtype=torch.float64).train(train)
+    layer = DCDLinear(c, o, latent_dim=lat, hidden=h, latent_norm=norm,
+                      dtype=torch.float64).train(train)
     with torch.no_grad():
         for fc in (layer.fc, layer.fc_se, layer.fc_phi, layer.fc_scale):
             fc.weight.mul_(3.0)
-        for bn in (layer.norm_q, layer.norm_phi):
-            bn.running_mean.normal_()
-            bn.running_var.uniform_(0.5, 2.0)
-            bn.weight.normal_(1.0, 0.3)
-            bn.bias.normal_()
+        for nrm in (layer.norm_q, layer.norm_phi):
+            if nrm is None:
+                continue
+            nrm.weight.normal_(1.0, 0.3)
+            nrm.bias.normal_()
+            if norm == "batch":
+                nrm.running_mean.normal_()
+                nrm.running_var.uniform_(0.5, 2.0)
     x = torch.randn(3, c, dtype=torch.float64, requires_grad=True)
-    # y = Λ ⊙ (W0 x + b) + P u, z = BN₁(Qᵀ x), u = BN₂(Φ̃ z) + z (the authors' DYCls)
+    # y = Λ ⊙ (W0 x + b) + P u, z = N₁(Qᵀ x), u = N₂(Φ̃ z) + z (the authors' DYCls)
     lams, phis = [], []
     for b in range(3):
         s = layer.fc.weight @ x[b]
@@ -577,8 +603,8 @@ def test_dcd_linear_matches_formula_and_counts(train):
         phis.append((layer.fc_phi.weight @ s).view(lat, lat))
         lams.append(_hsig(layer.fc_scale.weight @ s))
     lam, phi = torch.stack(lams), torch.stack(phis)
-    z = _batch_norm(x @ layer.q.T, layer.norm_q, (0,))
-    u = _batch_norm(torch.einsum("bkl,bl->bk", phi, z), layer.norm_phi, (0,)) + z
+    z = _latent_norm(x @ layer.q.T, layer.norm_q)
+    u = _latent_norm(torch.einsum("bkl,bl->bk", phi, z), layer.norm_phi) + z
     ref = lam * (x @ layer.weight.T + layer.bias) + u @ layer.p.T
     y = layer(x)
     torch.testing.assert_close(y, ref, rtol=1e-10, atol=1e-10)
@@ -587,13 +613,11 @@ def test_dcd_linear_matches_formula_and_counts(train):
     for got, want in zip(torch.autograd.grad(y, [x, *params], g),
                          torch.autograd.grad(ref, [x, *params], g), strict=True):
         torch.testing.assert_close(got, want, rtol=1e-9, atol=1e-10)
-    if train:  # batch size 1: the BatchNorms have one value per channel
+    if train and norm == "batch":  # batch size 1: the BatchNorms have one value per channel
         with pytest.raises(ValueError, match="batch of 2 or more"):
             layer(torch.randn(1, c, dtype=torch.float64))
-        unnormalised = DCDLinear(c, o, latent_dim=lat, hidden=h, latent_norm="none")
-        unnormalised(torch.randn(1, c)).sum().backward()
     else:
-        layer(torch.randn(1, c, dtype=torch.float64))
+        layer(torch.randn(1, c, dtype=torch.float64)).sum().backward()
     # the authors' ResNet-18 classifier: 512 → 1000, L = h = 32
     assert _count(DCDLinear(512, 1000)) == (
         512 * 1000 + 1000 + 32 * 512 + 1000 * 32 + 4 * 32 + 512 * 32 + 32 * 32 + 32 * 32 * 32

@@ -386,3 +386,14 @@ def test_short_training_keeps_a_finite_falling_loss(name):
         losses.append(loss.item())
     assert all(math.isfinite(v) for v in losses), losses
     assert sum(losses[-5:]) < 0.85 * sum(losses[:5]), losses
+
+
+def test_dcd_classifier_normalises_like_the_convs():
+    from a2d2c.layers.dcd import DCDConv2d
+
+    for norm, cls in [(None, nn.GroupNorm), ("batch", nn.BatchNorm1d)]:
+        kw = {} if norm is None else {"conv_kwargs": {"latent_norm": norm}}
+        model = a2d2c.create_model("resnet18_dcd", width_mult=0.25, num_classes=10, **kw)
+        assert isinstance(model.fc.norm_q, cls)
+        convs = [m for m in model.modules() if isinstance(m, DCDConv2d)]
+        assert convs and all(m.latent_norm == (norm or "layer") for m in convs)

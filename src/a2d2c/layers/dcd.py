@@ -27,22 +27,32 @@ bias), an SE gate ``s ← s · hsig(FC_se(s))`` (``h → h``, no bias), then
 
 **Normalisation** (``latent_norm``). The authors' code normalises the latent space twice:
 ``z = BN₁(Qᵀ x_c)`` and ``u = BN₂(Φ̃ z) + z`` (so ``Φ = I + Φ̃`` with the identity path
-left unnormalised), then ``P u``. ``latent_norm="batch"`` (the default) does the same with
-two ``BatchNorm2d(L)`` over the ``(B, L, H', W')`` latent map, which equals their
-``BatchNorm1d`` over ``(B, L, H'·W')``. Without them the layer does not train: ``Φ̃ z`` is
-quadratic in the weights and the input, and SGD at the usual learning rates diverges within
-a few steps (measured: non-finite loss by step 5 of a ResNet-18 at lr 0.1). In eval mode
-the BatchNorms are per-channel affine maps, so ``W(x)`` is again a per-sample kernel (plus
-a per-sample bias ``P((diag(a₂)Φ̃ + I)b₁ + b₂)``, ``aᵢ, bᵢ`` the folded scale and shift);
-in training they use batch statistics, as BatchNorm does, and need more than one latent
-value per channel (``B·H'·W' > 1``). ``latent_norm="none"`` leaves them out
-(``u = (I + Φ̃) z``, a per-sample kernel in training too, 4L parameters fewer) — for
-analysis, not for training from scratch.
+left unnormalised), then ``P u``. Without any normalisation the layer does not train:
+``Φ̃ z`` is quadratic in the weights and the input, and SGD at the usual learning rates
+diverges within a few steps (measured: non-finite loss by step 5 of a ResNet-18 at lr 0.1).
+
+* ``"layer"`` (the default): the same two places, each a ``GroupNorm(1, L)`` — per sample,
+  over the whole latent map. It works at batch size 1, computes the same function in
+  training and eval, and keeps ``W(x)`` a per-sample kernel (the statistics are per-sample
+  scalars: a per-sample scale of the latent path plus a per-sample bias). The authors'
+  BatchNorm allows none of that in training, so, as for every layer of this package, the
+  original normalisation is replaced where it would break batch size 1.
+* ``"batch"``: the authors' BatchNorms exactly (``BatchNorm2d(L)`` over the
+  ``(B, L, H', W')`` latent map, equal to their ``BatchNorm1d`` over ``(B, L, H'·W')``). In
+  training a sample's output then depends on its batch, and a layer cannot train on one
+  latent value per channel (batch 1 with a 1×1 output). Measured on Fashion-MNIST
+  (README, study 1): it trains less well than ``"layer"``, and in eval its running
+  statistics let unusual inputs grow quadratically from layer to layer (non-finite
+  logits for a few test images).
+* ``"none"``: ``u = (I + Φ̃) z``, the unnormalised per-sample kernel — for analysis, not
+  for training from scratch.
+
+Each norm has ``2L`` affine parameters, ``4L`` per layer with ``"layer"`` or ``"batch"``.
 
 **Computation** (exact, no per-sample loop): ``y = Λ ⊙ (conv(x, W0) + b) + P u`` with
-``z = BN₁(Qᵀ x_c)`` and ``u = BN₂(Φ̃ z) + z``, where ``x_c`` is the input under the centre
-tap of every output position (a strided slice) and ``Φ̃ z`` a batched matrix product in the
-latent space.
+``z = N₁(Qᵀ x_c)`` and ``u = N₂(Φ̃ z) + z`` (``N`` the latent norms), where ``x_c`` is the
+input under the centre tap of every output position (a strided slice) and ``Φ̃ z`` a
+batched matrix product in the latent space.
 """
 
 from __future__ import annotations
@@ -67,8 +77,8 @@ from ._dynamic_functional import (
 __all__ = ["LATENT_NORMS", "LATENT_RULES", "DCDConv2d", "DCDLinear", "dcd_latent_dim"]
 
 LATENT_RULES = ("paper", "sqrt")
-#: ``latent_norm`` choices: the authors' two latent BatchNorms, or none
-LATENT_NORMS = ("batch", "none")
+#: ``latent_norm`` choices: per-sample GroupNorm(1, L) (default), the authors' BatchNorms, none
+LATENT_NORMS = ("batch", "layer", "none")
 
 
 def dcd_latent_dim(in_channels: int, rule: str | int = "paper", pool_size: int = 1) -> int:
@@ -108,9 +118,21 @@ def _check_latent_norm(latent_norm: str) -> str:
     return latent_norm
 
 
+def _latent_norm_layer(kind: str, n_lat: int, batch_norm: type[nn.Module],
+                       factory: dict) -> nn.Module | None:
+    """``"batch"``: the authors' BatchNorm; ``"layer"``: ``GroupNorm(1, L)``, per sample over
+    the whole latent map (batch-independent, the same in training and eval)."""
+    if kind == "batch":
+        return batch_norm(n_lat, **factory)
+    if kind == "layer":
+        return nn.GroupNorm(1, n_lat, **factory)
+    return None
+
+
 def _check_batch_stats(layer: nn.Module, values_per_channel: int) -> None:
     """BatchNorm in training needs more than one value per latent channel: say so clearly."""
-    if layer.training and layer.norm_q is not None and values_per_channel <= 1:
+    if (layer.training and isinstance(layer.norm_q, nn.modules.batchnorm._BatchNorm)
+            and values_per_channel <= 1):
         raise ValueError(
             f"{type(layer).__name__} with latent_norm='batch' (the authors' latent BatchNorms) "
             "cannot train on one latent value per channel (batch size 1 with a 1x1 output): "
@@ -146,20 +168,21 @@ class DCDConv2d(DynamicConvBase):
         min_hidden: 4 in the authors' code.
         num_kernels: accepted for the factory's common interface; DCD has one static
             kernel, so it must be 1.
-        latent_norm: ``"batch"`` (default): the authors' two latent BatchNorms;
-            ``"none"``: without them (a per-sample kernel in training too; does not train
-            from scratch at usual learning rates, see the module docstring).
+        latent_norm: ``"layer"`` (default): two per-sample ``GroupNorm(1, L)`` where the
+            authors have BatchNorms (batch size 1 works); ``"batch"``: the authors' two
+            latent BatchNorms; ``"none"``: neither (does not train from scratch at usual
+            learning rates). See the module docstring.
 
     Attributes:
         weight: ``(O, C, kh, kw)``, the static ``W0``; bias: ``(O,)`` or ``None``, part of
             the static filter and scaled by ``Λ`` with it (the authors' layers have none).
         q: ``(L, C)``, ``Qᵀ``; p: ``(O, L)``, ``P``.
-        norm_q, norm_phi: ``BatchNorm2d(L)`` after ``Qᵀ`` and after ``Φ̃`` (``None`` with
-            ``latent_norm="none"``).
+        norm_q, norm_phi: the latent norms after ``Qᵀ`` and after ``Φ̃``: ``GroupNorm(1, L)``,
+            ``BatchNorm2d(L)`` or ``None``.
         fc ``(p²C → h)``, fc_se ``(h → h)``, fc_phi ``(h → L²)``, fc_scale ``(h → O)``,
         all without bias.
 
-    Parameters: ``O·C·kh·kw + O·[bias] + L·C + O·L + 4L·[batch] + p²C·h + h² + h·L² + h·O``.
+    Parameters: ``O·C·kh·kw + O·[bias] + L·C + O·L + 4L·[norm] + p²C·h + h² + h·L² + h·O``.
     """
 
     def __init__(
@@ -179,7 +202,7 @@ class DCDConv2d(DynamicConvBase):
         pool_size: int = 1,
         reduction: float = 0.0625,
         min_hidden: int = 4,
-        latent_norm: str = "batch",
+        latent_norm: str = "layer",
         device: torch.device | str | None = None,
         dtype: torch.dtype | None = None,
     ) -> None:
@@ -210,9 +233,8 @@ class DCDConv2d(DynamicConvBase):
         self.q = nn.Parameter(torch.empty(n_lat, in_channels, **factory))
         self.p = nn.Parameter(torch.empty(out_channels, n_lat, **factory))
         self.latent_norm = _check_latent_norm(latent_norm)
-        norm = latent_norm == "batch"
-        self.norm_q = nn.BatchNorm2d(n_lat, **factory) if norm else None
-        self.norm_phi = nn.BatchNorm2d(n_lat, **factory) if norm else None
+        self.norm_q = _latent_norm_layer(latent_norm, n_lat, nn.BatchNorm2d, factory)
+        self.norm_phi = _latent_norm_layer(latent_norm, n_lat, nn.BatchNorm2d, factory)
         self.fc = nn.Linear(pooled, h, bias=False, **factory)
         self.fc_se = nn.Linear(h, h, bias=False, **factory)
         self.fc_phi = nn.Linear(h, n_lat * n_lat, bias=False, **factory)
@@ -269,19 +291,20 @@ class DCDLinear(nn.Module):
     ``W(x) = Λ(x)·W0 + P·Φ(x)·Qᵀ`` as in :class:`DCDConv2d`, on a vector input:
     ``y = Λ(x) ⊙ (W0 x + b) + P (I + Φ̃(x)) Qᵀ x``, the attention computed from ``x``
     itself (``FC: C → h``, SE gate, ``FC_φ: h → L²``, ``FC_λ: h → O``), and the latent
-    fusion ``u = BN₂(Φ̃ z) + z``, ``z = BN₁(Qᵀ x)`` as in the authors' code (two
-    ``BatchNorm1d(L)``; without them this classifier's logits are quadratic in the features
-    and training diverges at once). The published DCD ResNet-18 count (14.70M) includes
-    this classifier (``L = h = 32``). In training the BatchNorms need a batch of 2 or more.
+    fusion ``u = N₂(Φ̃ z) + z``, ``z = N₁(Qᵀ x)`` (the authors' code: two ``BatchNorm1d(L)``;
+    without any norm this classifier's logits are quadratic in the features and training
+    diverges at once). The published DCD ResNet-18 count (14.70M) includes this classifier
+    (``L = h = 32``). ``latent_norm="batch"`` needs a batch of 2 or more in training.
 
     Args:
         in_features, out_features, bias: as in :class:`torch.nn.Linear`.
         latent_dim: ``L`` (32 in the authors' code).
         hidden: ``h``, the attention's width (32 in the authors' code).
-        latent_norm: ``"batch"`` (default, the authors') or ``"none"``, as in
+        latent_norm: ``"layer"`` (default, ``GroupNorm(1, L)`` = a LayerNorm over the ``L``
+            latent values), ``"batch"`` (the authors') or ``"none"``, as in
             :class:`DCDConv2d`.
 
-    Parameters: ``O·C + O·[bias] + L·C + O·L + 4L·[batch] + C·h + h² + h·L² + h·O``.
+    Parameters: ``O·C + O·[bias] + L·C + O·L + 4L·[norm] + C·h + h² + h·L² + h·O``.
     """
 
     def __init__(
@@ -292,7 +315,7 @@ class DCDLinear(nn.Module):
         *,
         latent_dim: int = 32,
         hidden: int = 32,
-        latent_norm: str = "batch",
+        latent_norm: str = "layer",
         device: torch.device | str | None = None,
         dtype: torch.dtype | None = None,
     ) -> None:
@@ -307,9 +330,8 @@ class DCDLinear(nn.Module):
         self.q = nn.Parameter(torch.empty(latent_dim, in_features, **factory))
         self.p = nn.Parameter(torch.empty(out_features, latent_dim, **factory))
         self.latent_norm = _check_latent_norm(latent_norm)
-        norm = latent_norm == "batch"
-        self.norm_q = nn.BatchNorm1d(latent_dim, **factory) if norm else None
-        self.norm_phi = nn.BatchNorm1d(latent_dim, **factory) if norm else None
+        self.norm_q = _latent_norm_layer(latent_norm, latent_dim, nn.BatchNorm1d, factory)
+        self.norm_phi = _latent_norm_layer(latent_norm, latent_dim, nn.BatchNorm1d, factory)
         self.fc = nn.Linear(in_features, hidden, bias=False, **factory)
         self.fc_se = nn.Linear(hidden, hidden, bias=False, **factory)
         self.fc_phi = nn.Linear(hidden, latent_dim * latent_dim, bias=False, **factory)

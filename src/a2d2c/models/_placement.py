@@ -260,7 +260,10 @@ class ConvMaker:
         if self.conv == "dcd":
             from ..layers.dcd import DCDLinear
 
-            return DCDLinear(in_features, num_classes)
+            # the dynamic classifier normalises its latent space like the convs
+            norm = self.conv_kwargs.get("latent_norm")
+            return DCDLinear(in_features, num_classes,
+                             **({} if norm is None else {"latent_norm": norm}))
         kwargs = {} if self.num_kernels is None else {"num_kernels": self.num_kernels}
         conv = create_conv2d(self.conv, in_features, num_classes, 1, bias=True, **kwargs)
         return PooledConvClassifier(conv)
