@@ -3,8 +3,9 @@
 #   1. the CUDA tests (tests/*: every test whose name says cuda; they skip on CPU);
 #   2. `a2d2c bench --device cuda --dtype bf16 --preset issue6` (issue 6's table on CUDA);
 #   3. optionally (STUDIES="sampling num_points ..."), studies on CUDA, one process per
-#      (study, seed[, group of variants with SPLIT=n]) side by side; their records land
-#      in $OUT/studies.tgz.
+#      (study, seed[, group of variants with SPLIT=n]) side by side, resuming the committed
+#      records under results/cuda/ (finished runs are skipped); the new records come back
+#      in $OUT/studies.tgz (unpack it in the repository root).
 # Each step has its own time limit, so a hang in one still returns the others' output.
 # Usage: OUT=/tmp/gpu bash scripts/gpu_checks.sh
 # Needs: torch with CUDA, pyyaml, safetensors, tqdm, pytest (no install: runs from src/);
@@ -42,14 +43,15 @@ print(*(' '.join(v[i::n]) for i in range(min(n, len(v)))), sep='\n')")
         # shellcheck disable=SC2086
         timeout "${STUDY_S:-270}" "$PY" -m a2d2c study "$study" --seeds "$seed" \
           --only ${groups[$gi]} --set train.device=cuda --runs /tmp/gpu_runs \
-          --results "$PWD/results_gpu" > "/tmp/study_${study}_${seed}_${gi}.log" 2>&1 &
+          --results "$PWD/results/cuda" > "/tmp/study_${study}_${seed}_${gi}.log" 2>&1 &
         pids+=($!)
       done
     done
   done
   wait "${pids[@]}"
   tail -n 3 /tmp/study_*.log > "$OUT/studies.txt"
-  tar czf "$OUT/studies.tgz" -C "$PWD" results_gpu /tmp/study_*.log 2>/dev/null
-  ls results_gpu/* | head -100
+  tar czf "$OUT/studies.tgz" -C "$PWD" results/cuda 2>/dev/null
+  cat /tmp/study_*.log > "$OUT/studies.log"
+  ls results/cuda/* | head -100
 fi
 echo "== done"
