@@ -180,3 +180,32 @@ def test_a_diverged_run_is_recorded_not_retried(tmp_path):
     assert calls == ["resnet18", "resnet18_a2d2c_plus"]  # nothing retried
     md, _ = write_report(spec, records, tmp_path / "results")
     assert "diverged (seeds [0])" in md.read_text()
+
+
+def test_a_run_held_by_a_live_process_is_skipped_and_a_stale_lock_taken_over(tmp_path):
+    import os
+    import subprocess
+    import sys
+
+    spec = load_study(_write_study(tmp_path))
+    calls = []
+
+    def fake_train(cfg):
+        calls.append(cfg.train.output_dir)
+        return {"val_top1": 50.0, "val_top5": 90.0}
+
+    held = tmp_path / "runs" / "tiny" / "static" / "seed0"
+    held.mkdir(parents=True)
+    (held / ".study.lock").write_text(str(os.getppid()))  # a live process (our parent)
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"],
+                          capture_output=True, text=True, check=True).stdout.strip()
+    stale = tmp_path / "runs" / "tiny" / "a2d2c" / "seed0"
+    stale.mkdir(parents=True)
+    (stale / ".study.lock").write_text(dead)
+    logs = []
+    records = run_study(spec, runs_root=tmp_path / "runs", results_dir=tmp_path / "res",
+                        seeds=[0], train_fn=fake_train, log=logs.append)
+    assert [(r.variant, r.seed) for r in records] == [("a2d2c", 0)]
+    assert any("being run by process" in line for line in logs)
+    assert len(calls) == 1 and not (stale / ".study.lock").exists()
+    assert (held / ".study.lock").exists()  # the live holder's lock is left alone

@@ -269,6 +269,13 @@ def run_study(
         if result_path.is_file():
             records.append(RunRecord.from_dict(json.loads(result_path.read_text())))
             continue
+        owner = _claim(run_dir)
+        if owner is not None:
+            # Another live process (e.g. a second shell started with the same --seeds) is
+            # training this run: leave it to that process.
+            log(f"[study {spec.name}] {label} seed {seed}: being run by process {owner}; "
+                "skipped")
+            continue
         log(f"[study {spec.name}] {label} seed {seed} -> {run_dir}")
         start = time.perf_counter()
         status = "completed"
@@ -279,6 +286,9 @@ def run_study(
             # a crash of it: record it and go on.
             log(f"[study {spec.name}] {label} seed {seed} diverged: {e}")
             status, metrics = "diverged", {"val_top1": math.nan, "val_top5": math.nan}
+        except BaseException:
+            _release(run_dir)
+            raise
         wall = time.perf_counter() - start
         params, madds, form = _profile(cfg)
         times = _epoch_times(run_dir)
@@ -292,9 +302,51 @@ def run_study(
         )
         result_path.parent.mkdir(parents=True, exist_ok=True)
         _atomic_write_json(result_path, record.__dict__)
+        _release(run_dir)
         log(f"[study {spec.name}] {label} seed {seed}: {status}, top-1 {record.top1:.2f}%")
         records.append(record)
     return records
+
+
+_LOCK_NAME = ".study.lock"
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # exists, another user's
+        return True
+    return True
+
+
+def _claim(run_dir: Path) -> int | None:
+    """Take the run (a lock file with this process's pid in its run directory); return
+    ``None`` when taken, else the pid of the live process that holds it. A lock left by a
+    process that is gone (killed, crashed) is taken over."""
+    run_dir.mkdir(parents=True, exist_ok=True)
+    lock = run_dir / _LOCK_NAME
+    for _ in range(2):
+        try:
+            fd = os.open(lock, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
+        except FileExistsError:
+            try:
+                pid = int(lock.read_text().strip() or 0)
+            except (OSError, ValueError):
+                pid = 0
+            if pid and pid != os.getpid() and _pid_alive(pid):
+                return pid
+            lock.unlink(missing_ok=True)  # stale: its process is gone
+            continue
+        with os.fdopen(fd, "w") as f:
+            f.write(str(os.getpid()))
+        return None
+    return None  # lost a race twice to stale locks: run anyway
+
+
+def _release(run_dir: Path) -> None:
+    (run_dir / _LOCK_NAME).unlink(missing_ok=True)
 
 
 def record_path(spec: StudySpec, variant: str, seed: int,
