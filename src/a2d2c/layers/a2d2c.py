@@ -503,8 +503,19 @@ class A2D2Conv2d(TemperatureMixin):
         ix = (ox * sw - pw).unsqueeze(-1) + dx
         inside = (iy >= 0) & (iy < h) & (ix >= 0) & (ix < w)
         sample = torch.arange(b, device=x.device).view(b, 1, 1, 1) * (h * w)
-        rows = torch.where(inside, sample + iy * w + ix, 0)  # (B, N, M, kh·kw)
         weights = inside.to(x.dtype) / m
+        if x.requires_grad and torch.is_grad_enabled():
+            # Training: the same sums as one batched GEMM against a per-sample selection
+            # matrix S (B, N·kh·kw, H·W) holding the weights at the sampled pixels. Its
+            # backward is a GEMM too, where embedding_bag's sorts the indices and scatters
+            # into an input-sized gradient (measured: the dearest op of the attention).
+            # B·C·H·W·N·kh·kw multiply-adds: 1/O of the convolution's.
+            pos = torch.where(inside, iy * w + ix, 0).permute(0, 1, 3, 2)  # (B, N, T, M)
+            sel = torch.zeros(b, n, kh * kw, h * w, dtype=x.dtype, device=x.device)
+            sel.scatter_add_(3, pos, weights.permute(0, 1, 3, 2))
+            means = torch.bmm(sel.view(b, n * kh * kw, h * w), x.reshape(b, c, h * w).mT)
+            return means.view(b, n, kh * kw, c).transpose(2, 3)
+        rows = torch.where(inside, sample + iy * w + ix, 0)  # (B, N, M, kh·kw)
         table = x.permute(0, 2, 3, 1).reshape(b * h * w, c)
         bags = rows.permute(0, 1, 3, 2).reshape(b * n * kh * kw, m)
         means = F.embedding_bag(bags, table, mode="sum",  # (B·N·kh·kw, C)
