@@ -110,10 +110,11 @@ def init_like_conv2d(weight: Tensor, bias: Tensor | None) -> None:
         nn.init.uniform_(bias, -bound, bound)
 
 
-def check_ratio(value: float, name: str) -> float:
+def check_ratio(value: float, name: str, symbol: str | None = None) -> float:
     """Validate a ratio in ``(0, 1]`` such as ``reduction``."""
     if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 < value <= 1:
-        raise ValueError(f"{name} must be a number in (0, 1], got {value!r}")
+        label = f"{name} ({symbol})" if symbol else name
+        raise ValueError(f"{label} must be a number in (0, 1], got {value!r}")
     return float(value)
 
 

@@ -35,7 +35,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from ._base import ConvArgs, TemperatureMixin, check_choice, check_conv_input, check_positive_int
+from ._base import TemperatureMixin, check_choice, check_positive_int
+from ._dynamic_functional import DynamicConvBase, check_ratio
 from ._functional import aggregated_conv2d
 
 __all__ = ["COST_CONSTANTS", "HEADS", "IMPLS", "SAMPLINGS", "A2D2Conv2d", "estimate_costs"]
@@ -117,7 +118,7 @@ def _is_tracing() -> bool:
     onnx = getattr(torch, "onnx", None)
     return bool(onnx is not None and onnx.is_in_onnx_export())
 
-class A2D2Conv2d(TemperatureMixin):
+class A2D2Conv2d(TemperatureMixin, DynamicConvBase):
     """Adaptive Attention-Driven Dynamic Convolution, a drop-in for :class:`nn.Conv2d`.
 
     Args:
@@ -175,36 +176,23 @@ class A2D2Conv2d(TemperatureMixin):
         dtype: torch.dtype | None = None,
     ) -> None:
         super().__init__()
-        self.geometry = ConvArgs(in_channels, out_channels, kernel_size, stride, padding,
-                                 dilation, groups, padding_mode)
-        g = self.geometry
-        self.in_channels, self.out_channels, self.groups = in_channels, out_channels, groups
-        self.kernel_size, self.stride, self.dilation = g.kernel_size, g.stride, g.dilation
-        self.padding, self.padding_mode = g.padding, g.padding_mode
-        self.num_kernels = check_positive_int(num_kernels, "num_kernels", "K")
+        self._init_geometry(in_channels, out_channels, kernel_size, stride, padding, dilation,
+                            groups, padding_mode)
+        check_positive_int(num_kernels, "num_kernels", "K")  # first, as every K layer does
         self.num_points = check_positive_int(num_points, "num_points", "M")
         self.num_draws = check_positive_int(num_draws, "num_draws", "N")
         self.sampling = check_choice(sampling, "sampling", SAMPLINGS)
         self.eval_sampling = check_choice(eval_sampling, "eval_sampling", EVAL_SAMPLINGS)
         self.head = check_choice(head, "head", HEADS)
         self.impl = check_choice(impl, "impl", IMPLS)
-        if isinstance(reduction, bool) or not isinstance(reduction, (int, float)) or not (
-            0 < reduction <= 1
-        ):
-            raise ValueError(f"reduction (r) must be a number in (0, 1], got {reduction!r}")
-        self.reduction = float(reduction)
+        self.reduction = check_ratio(reduction, "reduction", "r")
         if isinstance(fixed_seed, bool) or not isinstance(fixed_seed, int):
             raise TypeError(f"fixed_seed must be an int, got {fixed_seed!r}")
         self.fixed_seed = fixed_seed
         self._init_temperature(temperature, device)
 
         factory = {"device": device, "dtype": dtype}
-        self.weight = nn.Parameter(
-            torch.empty(num_kernels, out_channels, in_channels // groups, *g.kernel_size,
-                        **factory)
-        )
-        self.bias = (nn.Parameter(torch.empty(num_kernels, out_channels, **factory)) if bias
-                     else None)
+        self._init_kernel_bank(num_kernels, bias, factory)
         if head == "mlp":
             self.hidden_channels = max(round(self.reduction * out_channels), 16)
             self.fc1 = nn.Linear(out_channels, self.hidden_channels, **factory)
@@ -263,19 +251,7 @@ class A2D2Conv2d(TemperatureMixin):
         return layer
 
     def extra_repr(self) -> str:
-        g = self.geometry
-        s = (f"{self.in_channels}, {self.out_channels}, kernel_size={g.kernel_size}, "
-             f"stride={g.stride}")
-        if g.padding != (0, 0):
-            s += f", padding={g.padding}"
-        if g.dilation != (1, 1):
-            s += f", dilation={g.dilation}"
-        if g.groups != 1:
-            s += f", groups={g.groups}"
-        if self.bias is None:
-            s += ", bias=False"
-        if g.padding_mode != "zeros":
-            s += f", padding_mode={g.padding_mode}"
+        s = self._geometry_repr(self.bias is not None)
         s += (f", K={self.num_kernels}, M={self.num_points}, N={self.num_draws}, "
               f"sampling={self.sampling}, eval_sampling={self.eval_sampling}, head={self.head}")
         if self.head == "mlp":
@@ -450,7 +426,7 @@ class A2D2Conv2d(TemperatureMixin):
 
     # ------------------------------------------------------------------ forward
     def forward(self, x: Tensor, points: Tensor | None = None) -> Tensor:
-        check_conv_input(x, self.geometry, type(self).__name__)
+        self._check_input(x)
         b, _, h, w = x.shape
         ho, wo = self.geometry.output_size(h, w)
         if points is None:
@@ -502,7 +478,6 @@ class A2D2Conv2d(TemperatureMixin):
         iy = (oy * sh - ph).unsqueeze(-1) + dy
         ix = (ox * sw - pw).unsqueeze(-1) + dx
         inside = (iy >= 0) & (iy < h) & (ix >= 0) & (ix < w)
-        sample = torch.arange(b, device=x.device).view(b, 1, 1, 1) * (h * w)
         weights = inside.to(x.dtype) / m
         if x.requires_grad and torch.is_grad_enabled():
             # Training: the same sums as one batched GEMM against a per-sample selection
@@ -515,6 +490,7 @@ class A2D2Conv2d(TemperatureMixin):
             sel.scatter_add_(3, pos, weights.permute(0, 1, 3, 2))
             means = torch.bmm(sel.view(b, n * kh * kw, h * w), x.reshape(b, c, h * w).mT)
             return means.view(b, n, kh * kw, c).transpose(2, 3)
+        sample = torch.arange(b, device=x.device).view(b, 1, 1, 1) * (h * w)
         rows = torch.where(inside, sample + iy * w + ix, 0)  # (B, N, M, kh·kw)
         table = x.permute(0, 2, 3, 1).reshape(b * h * w, c)
         bags = rows.permute(0, 1, 3, 2).reshape(b * n * kh * kw, m)

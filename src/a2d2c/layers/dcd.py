@@ -59,6 +59,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -119,7 +120,7 @@ def _check_latent_norm(latent_norm: str) -> str:
 
 
 def _latent_norm_layer(kind: str, n_lat: int, batch_norm: type[nn.Module],
-                       factory: dict) -> nn.Module | None:
+                       factory: dict[str, Any]) -> nn.Module | None:
     """``"batch"``: the authors' BatchNorm; ``"layer"``: ``GroupNorm(1, L)``, per sample over
     the whole latent map (batch-independent, the same in training and eval)."""
     if kind == "batch":
@@ -127,6 +128,34 @@ def _latent_norm_layer(kind: str, n_lat: int, batch_norm: type[nn.Module],
     if kind == "layer":
         return nn.GroupNorm(1, n_lat, **factory)
     return None
+
+
+def _init_decomposition(layer: nn.Module, in_dim: int, out_dim: int, descriptor_dim: int,
+                        latent_norm: str, batch_norm: type[nn.Module],
+                        factory: dict[str, Any]) -> None:
+    """The parts DCDConv2d and DCDLinear share, on ``layer`` (which has ``latent_dim`` and
+    ``hidden_channels``): ``q (L, C)``, ``p (O, L)``, the latent norms and the attention FCs
+    (``descriptor_dim → h``, SE ``h → h``, ``h → L²``, ``h → O``; no bias)."""
+    n_lat, h = layer.latent_dim, layer.hidden_channels
+    layer.q = nn.Parameter(torch.empty(n_lat, in_dim, **factory))
+    layer.p = nn.Parameter(torch.empty(out_dim, n_lat, **factory))
+    layer.latent_norm = _check_latent_norm(latent_norm)
+    layer.norm_q = _latent_norm_layer(latent_norm, n_lat, batch_norm, factory)
+    layer.norm_phi = _latent_norm_layer(latent_norm, n_lat, batch_norm, factory)
+    layer.fc = nn.Linear(descriptor_dim, h, bias=False, **factory)
+    layer.fc_se = nn.Linear(h, h, bias=False, **factory)
+    layer.fc_phi = nn.Linear(h, n_lat * n_lat, bias=False, **factory)
+    layer.fc_scale = nn.Linear(h, out_dim, bias=False, **factory)
+
+
+def _reset_decomposition(layer: nn.Module) -> None:
+    """``Qᵀ``, ``P`` like ``1×1`` convs, the FCs like ``nn.Linear``, norms to identity."""
+    init_like_conv2d(layer.q[:, :, None, None], None)
+    init_like_conv2d(layer.p[:, :, None, None], None)
+    for m in (layer.fc, layer.fc_se, layer.fc_phi, layer.fc_scale, layer.norm_q,
+              layer.norm_phi):
+        if m is not None:
+            m.reset_parameters()
 
 
 def _check_batch_stats(layer: nn.Module, values_per_channel: int) -> None:
@@ -224,32 +253,21 @@ class DCDConv2d(DynamicConvBase):
         self.min_hidden = check_positive_int(min_hidden, "min_hidden")
         pooled = self.pool_size * self.pool_size * in_channels
         n_lat = self.latent_dim
-        h = self.hidden_channels = max(int(max(pooled, n_lat * n_lat) * self.reduction),
-                                       self.min_hidden)
+        self.hidden_channels = max(int(max(pooled, n_lat * n_lat) * self.reduction),
+                                   self.min_hidden)
         factory = {"device": device, "dtype": dtype}
         self.weight = nn.Parameter(torch.empty(out_channels, in_channels, *g.kernel_size,
                                                **factory))
         self.bias = nn.Parameter(torch.empty(out_channels, **factory)) if bias else None
-        self.q = nn.Parameter(torch.empty(n_lat, in_channels, **factory))
-        self.p = nn.Parameter(torch.empty(out_channels, n_lat, **factory))
-        self.latent_norm = _check_latent_norm(latent_norm)
-        self.norm_q = _latent_norm_layer(latent_norm, n_lat, nn.BatchNorm2d, factory)
-        self.norm_phi = _latent_norm_layer(latent_norm, n_lat, nn.BatchNorm2d, factory)
-        self.fc = nn.Linear(pooled, h, bias=False, **factory)
-        self.fc_se = nn.Linear(h, h, bias=False, **factory)
-        self.fc_phi = nn.Linear(h, n_lat * n_lat, bias=False, **factory)
-        self.fc_scale = nn.Linear(h, out_channels, bias=False, **factory)
+        _init_decomposition(self, in_channels, out_channels, pooled, latent_norm,
+                            nn.BatchNorm2d, factory)
         self.centre = ((g.kernel_size[0] - 1) // 2, (g.kernel_size[1] - 1) // 2)
         self.reset_parameters()
 
     def reset_parameters(self) -> None:
         """``W0`` like ``nn.Conv2d``, ``Qᵀ``, ``P`` like ``1×1`` convs, FCs like ``nn.Linear``."""
         init_like_conv2d(self.weight, self.bias)
-        init_like_conv2d(self.q[:, :, None, None], None)
-        init_like_conv2d(self.p[:, :, None, None], None)
-        for m in (self.fc, self.fc_se, self.fc_phi, self.fc_scale, self.norm_q, self.norm_phi):
-            if m is not None:
-                m.reset_parameters()
+        _reset_decomposition(self)
 
     def extra_repr(self) -> str:
         return (self._geometry_repr(self.bias is not None)
@@ -327,25 +345,14 @@ class DCDLinear(nn.Module):
         factory = {"device": device, "dtype": dtype}
         self.weight = nn.Parameter(torch.empty(out_features, in_features, **factory))
         self.bias = nn.Parameter(torch.empty(out_features, **factory)) if bias else None
-        self.q = nn.Parameter(torch.empty(latent_dim, in_features, **factory))
-        self.p = nn.Parameter(torch.empty(out_features, latent_dim, **factory))
-        self.latent_norm = _check_latent_norm(latent_norm)
-        self.norm_q = _latent_norm_layer(latent_norm, latent_dim, nn.BatchNorm1d, factory)
-        self.norm_phi = _latent_norm_layer(latent_norm, latent_dim, nn.BatchNorm1d, factory)
-        self.fc = nn.Linear(in_features, hidden, bias=False, **factory)
-        self.fc_se = nn.Linear(hidden, hidden, bias=False, **factory)
-        self.fc_phi = nn.Linear(hidden, latent_dim * latent_dim, bias=False, **factory)
-        self.fc_scale = nn.Linear(hidden, out_features, bias=False, **factory)
+        _init_decomposition(self, in_features, out_features, in_features, latent_norm,
+                            nn.BatchNorm1d, factory)
         self.reset_parameters()
 
     def reset_parameters(self) -> None:
         """``W0``, ``b``, ``Qᵀ``, ``P`` and the FCs like ``nn.Linear``."""
         init_like_conv2d(self.weight[:, :, None, None], self.bias)
-        init_like_conv2d(self.q[:, :, None, None], None)
-        init_like_conv2d(self.p[:, :, None, None], None)
-        for m in (self.fc, self.fc_se, self.fc_phi, self.fc_scale, self.norm_q, self.norm_phi):
-            if m is not None:
-                m.reset_parameters()
+        _reset_decomposition(self)
 
     def extra_repr(self) -> str:
         return (f"in_features={self.in_features}, out_features={self.out_features}, "
