@@ -11,8 +11,11 @@ from __future__ import annotations
 import pytest
 import torch
 import torch.nn.functional as F
+from torch.utils._python_dispatch import TorchDispatchMode
 
+from a2d2c import CondConv2d, DynamicConv2d, ODConv2d
 from a2d2c.ops import mixed_conv2d
+from a2d2c.ops.cost import choose_impl
 
 D = torch.float64
 
@@ -208,3 +211,36 @@ def test_autocast_bf16_runs_the_conv_in_bf16():
         torch.testing.assert_close(y.double(), oracle(x, weight, coeff, None, (1, 1), (0, 0),
                                                       (1, 1), 1, None, None),
                                    atol=0.1, rtol=0.05)
+
+
+class _ConvShapes(TorchDispatchMode):
+    def __init__(self):
+        super().__init__()
+        self.weights = []
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        if func.overloadpacket in (torch.ops.aten.convolution, torch.ops.aten.mkldnn_convolution,
+                                   torch.ops.aten._convolution):
+            self.weights.append(tuple(args[1].shape))
+        return func(*args, **(kwargs or {}))
+
+
+@pytest.mark.parametrize("layer_cls", [CondConv2d, DynamicConv2d, ODConv2d])
+def test_auto_picks_an_exact_path_per_layer_type(layer_cls):
+    """Small maps, training: the plus form (one dense K·O conv) wherever it is exact."""
+    layer = layer_cls(128, 128, 3, padding=1, num_kernels=4)
+    x = torch.randn(32, 128, 4, 4, requires_grad=True)
+    with _ConvShapes() as seen:
+        layer(x)
+    plus_exact = layer_cls is not ODConv2d  # ODConv's spatial attention depends on the tap
+    assert seen.weights == [(4 * 128, 128, 3, 3) if plus_exact else (32 * 128, 128, 3, 3)]
+    # large maps: the per-sample kernel form (B·O output channels, one grouped conv)
+    x = torch.randn(2, 128, 32, 32)
+    with torch.no_grad(), _ConvShapes() as seen:
+        layer(x)
+    assert seen.weights == [(2 * 128, 128, 3, 3)]
+    # candidates are respected: the cost model never returns a path it was not offered
+    shape = dict(batch=32, in_channels=128, out_channels=128, kernel_size=(3, 3), groups=1,
+                 output_size=(4, 4), num_kernels=4, training=True, device_type="cuda")
+    assert choose_impl(**shape) == "plus"
+    assert choose_impl(candidates=("kernel", "unfold"), **shape) != "plus"

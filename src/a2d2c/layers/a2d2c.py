@@ -37,6 +37,7 @@ from torch import Tensor, nn
 
 from ..ops.cost import COST_CONSTANTS, estimate_costs
 from ..ops.mixed_conv import (
+    _functorch_active,
     _is_tracing,
     compute_dtype,
     mix_kernels,
@@ -445,7 +446,7 @@ class A2D2Conv2d(TemperatureMixin, DynamicConvBase):
         acc = self._acc_dtype()
         grads = torch.is_grad_enabled() and (x.requires_grad or self.weight.requires_grad)
         if (not grads and not traceable and method == "kernel" and self.head == "direct"
-                and g == 1):
+                and g == 1 and not _functorch_active()):  # in-place blocks: not under vmap
             return self._infer_kernel_blocked(x, pad, idx, ho, wo)
         with torch.autocast(x.device.type, enabled=False):
             patches = self._patch_means(x.to(acc), pad, idx, ho, wo)  # (B, N, C, T)
