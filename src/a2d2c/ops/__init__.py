@@ -1,0 +1,9 @@
+"""Functional operations of the dynamic convolutions, each written once.
+
+Keep this file a plain list of re-exports (one line per op module).
+"""
+
+from .mixed_conv import IMPLS as MIXED_CONV_IMPLS
+from .mixed_conv import mixed_conv2d
+
+__all__ = ["MIXED_CONV_IMPLS", "mixed_conv2d"]
