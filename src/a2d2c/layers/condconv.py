@@ -79,6 +79,8 @@ class CondConv2d(DynamicConvBase):
 
     def forward(self, x: Tensor) -> Tensor:
         self._check_input(x)
+        if x.shape[0] == 0:
+            return self._empty_forward(x)
         r = self.routing_weights(x)
         x, pad = self.geometry.pad_input(x)
         pi = r.unsqueeze(-1).expand(-1, -1, self.out_channels)  # (B, K, O)

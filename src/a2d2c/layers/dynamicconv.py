@@ -102,6 +102,8 @@ class DynamicConv2d(TemperatureMixin, DynamicConvBase):
 
     def forward(self, x: Tensor) -> Tensor:
         self._check_input(x)
+        if x.shape[0] == 0:
+            return self._empty_forward(x)
         pi = self.attention(x)
         x, pad = self.geometry.pad_input(x)
         pi = pi.unsqueeze(-1).expand(-1, -1, self.out_channels)  # (B, K, O)
