@@ -177,17 +177,9 @@ class A2D2Conv2d(TemperatureMixin, DynamicConvBase):
         layer = cls(conv.in_channels, conv.out_channels, conv.kernel_size, conv.stride, padding,
                     conv.dilation, conv.groups, conv.bias is not None, conv.padding_mode,
                     device=conv.weight.device, dtype=conv.weight.dtype, **kwargs)
-        with torch.no_grad():
-            w = conv.weight.detach()
-            eps = torch.randn((layer.num_kernels, *w.shape), device=w.device, dtype=w.dtype)
-            if layer.num_kernels > 1:
-                eps -= eps.mean(0, keepdim=True)
-            else:
-                eps.zero_()
-            layer.weight.copy_(w.unsqueeze(0) + noise * w.std() * eps)
-            if conv.bias is not None:
-                layer.bias.copy_(conv.bias.detach().unsqueeze(0).expand_as(layer.bias))
-        return layer
+        from .transfer import init_from_static  # the one transfer rule of every conv type
+
+        return init_from_static(layer, conv.weight, conv.bias, noise=noise)
 
     def extra_repr(self) -> str:
         s = self._geometry_repr(self.bias is not None)
