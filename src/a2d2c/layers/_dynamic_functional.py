@@ -74,7 +74,21 @@ class DynamicConvBase(nn.Module):
         self.bias = nn.Parameter(torch.empty(k, g.out_channels, **factory)) if bias else None
 
     def _check_input(self, x: Tensor) -> None:
-        check_conv_input(x, self.geometry, type(self).__name__)
+        check_conv_input(x, self.geometry, type(self).__name__, self.weight.dtype)
+
+    def _empty_forward(self, x: Tensor) -> Tensor:
+        """The output for an empty batch (``B = 0``), as ``nn.Conv2d`` gives one.
+
+        ``(0, O, H', W')`` in the dtype the convolution would run in, connected to the
+        input and to every parameter, so that ``backward`` works and leaves zero gradients
+        (the attention paths reshape over the batch and cannot run on zero samples).
+        """
+        ho, wo = self.geometry.output_size(x.shape[2], x.shape[3])
+        y = x.new_zeros(0, self.out_channels, ho, wo, dtype=_compute_dtype(x))
+        for t in (x, *self.parameters()):
+            if t.requires_grad:
+                y = y + t.reshape(-1)[:0].sum().to(y.dtype)  # an exact 0 with a zero gradient
+        return y
 
     def _geometry_repr(self, has_bias: bool) -> str:
         g = self.geometry

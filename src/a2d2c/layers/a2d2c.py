@@ -177,17 +177,9 @@ class A2D2Conv2d(TemperatureMixin, DynamicConvBase):
         layer = cls(conv.in_channels, conv.out_channels, conv.kernel_size, conv.stride, padding,
                     conv.dilation, conv.groups, conv.bias is not None, conv.padding_mode,
                     device=conv.weight.device, dtype=conv.weight.dtype, **kwargs)
-        with torch.no_grad():
-            w = conv.weight.detach()
-            eps = torch.randn((layer.num_kernels, *w.shape), device=w.device, dtype=w.dtype)
-            if layer.num_kernels > 1:
-                eps -= eps.mean(0, keepdim=True)
-            else:
-                eps.zero_()
-            layer.weight.copy_(w.unsqueeze(0) + noise * w.std() * eps)
-            if conv.bias is not None:
-                layer.bias.copy_(conv.bias.detach().unsqueeze(0).expand_as(layer.bias))
-        return layer
+        from .transfer import init_from_static  # the one transfer rule of every conv type
+
+        return init_from_static(layer, conv.weight, conv.bias, noise=noise)
 
     def extra_repr(self) -> str:
         s = self._geometry_repr(self.bias is not None)
@@ -366,6 +358,8 @@ class A2D2Conv2d(TemperatureMixin, DynamicConvBase):
     # ------------------------------------------------------------------ forward
     def forward(self, x: Tensor, points: Tensor | None = None) -> Tensor:
         self._check_input(x)
+        if x.shape[0] == 0:
+            return self._empty_forward(x)
         b, _, h, w = x.shape
         ho, wo = self.geometry.output_size(h, w)
         if points is None:
@@ -407,7 +401,8 @@ class A2D2Conv2d(TemperatureMixin, DynamicConvBase):
             return (torch.stack(means, dim=-1) / (ho * wo)).unsqueeze(1)
         # Sampled positions: one bag of M input pixels per (sample, draw, kernel offset),
         # summed by embedding_bag over the pixels as rows of a (B·H·W, C) table (a view for
-        # channels_last input) with weight 1/M, or 0 for a position in the zero padding.
+        # channels_last input) with weight 1/M, or 0 for a position in the zero padding
+        # (pointing into the same sample's rows, so samples stay independent).
         # Nothing of size B·C·M·kh·kw is materialised, and backward saves only indices.
         n, m = idx.shape[1], idx.shape[2]
         oy = torch.div(idx, wo, rounding_mode="floor")
@@ -430,7 +425,9 @@ class A2D2Conv2d(TemperatureMixin, DynamicConvBase):
             means = torch.bmm(sel.view(b, n * kh * kw, h * w), x.reshape(b, c, h * w).mT)
             return means.view(b, n, kh * kw, c).transpose(2, 3)
         sample = torch.arange(b, device=x.device).view(b, 1, 1, 1) * (h * w)
-        rows = torch.where(inside, sample + iy * w + ix, 0)  # (B, N, M, kh·kw)
+        # A padded tap (weight 0) points at a pixel of its *own* sample: 0·inf = NaN must
+        # never carry one sample's non-finite pixel into another sample's means.
+        rows = torch.where(inside, sample + iy * w + ix, sample)  # (B, N, M, kh·kw)
         table = x.permute(0, 2, 3, 1).reshape(b * h * w, c)
         bags = rows.permute(0, 1, 3, 2).reshape(b * n * kh * kw, m)
         means = F.embedding_bag(bags, table, mode="sum",  # (B·N·kh·kw, C)

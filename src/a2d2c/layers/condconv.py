@@ -87,6 +87,8 @@ class CondConv2d(DynamicConvBase):
 
     def forward(self, x: Tensor) -> Tensor:
         self._check_input(x)
+        if x.shape[0] == 0:
+            return self._empty_forward(x)
         r = self.routing_weights(x)
         x, pad = self.geometry.pad_input(x)
         return mixed_conv2d(x, self.weight, r, self.bias, self.stride, pad, self.dilation,

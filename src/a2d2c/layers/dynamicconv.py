@@ -108,6 +108,8 @@ class DynamicConv2d(TemperatureMixin, DynamicConvBase):
 
     def forward(self, x: Tensor) -> Tensor:
         self._check_input(x)
+        if x.shape[0] == 0:
+            return self._empty_forward(x)
         pi = self.attention(x)
         x, pad = self.geometry.pad_input(x)
         return mixed_conv2d(x, self.weight, pi, self.bias, self.stride, pad, self.dilation,

@@ -153,6 +153,8 @@ class ODConv2d(TemperatureMixin, DynamicConvBase):
 
     def forward(self, x: Tensor) -> Tensor:
         self._check_input(x)
+        if x.shape[0] == 0:
+            return self._empty_forward(x)
         att = self.attentions(x)
         channel, filt, kernel_att = att["channel"], att["filter"], att["kernel"]
         spatial = att["spatial"]
