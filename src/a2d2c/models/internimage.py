@@ -186,7 +186,7 @@ class InternImage(nn.Module):
             nn.Conv2d(channels // 2, channels, 3, stride, 1),
             _ChannelsLastLN(channels, eps=1e-6),
         )
-        rates = torch.linspace(0, drop_path_rate, sum(depths)).tolist()
+        rates = torch.linspace(0, drop_path_rate, sum(depths), device="cpu").tolist()
         widths = [channels * 2 ** i for i in range(len(depths))]
         first = 0
         self.feature_info = []
