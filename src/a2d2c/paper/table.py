@@ -11,8 +11,8 @@ from typing import IO, Any
 
 import torch
 
-from .paper_figures import PAPER_ROWS, PaperRow
-from .profiling import count_madds, count_params
+from ..profiling import count_madds, count_params
+from .figures import PAPER_ROWS, PaperRow
 
 __all__ = ["CountedRow", "build_row", "paper_rows", "render_markdown", "render_text"]
 
@@ -174,7 +174,7 @@ _WHY = """
   14.70M) into the ResNet-50 table; the ResNet-50 networks are twice as large or more.
 * **CondConv ResNet-18** is 89.89M in Table 4 but 81.35M in Table 1. Our default (every conv)
   is Table 4's; Table 1's is reproduced (81.36M at 1000 classes) only by a reconstruction
-  (`a2d2c.paper_figures.condconv_late` + the 8-expert classifier); the paper does not say.
+  (`a2d2c.paper.figures.condconv_late` + the 8-expert classifier); the paper does not say.
 * **A2D2C / A2D2C+ rows** depend on the attention head, which the paper leaves unspecified;
   ours is the parameter-free `direct` head (SPEC §1), hence small differences (ResNet-18:
   44.65M vs 44.93M). The ResNet-50 rows need `placement="block"` to come near 89.70M.
