@@ -147,7 +147,10 @@ def test_bench_smoke_writes_csv_with_finite_ratios(tmp_path, one_thread):
 
     labels = [v.label for v in list_variants()]
     assert labels[0] == "static"
-    assert {f"a2d2c:{impl}" for impl in a2d2c.layers.a2d2c.IMPLS} <= set(labels)
+    assert {f"a2d2c:{impl}" for impl in a2d2c.layers.a2d2c.IMPLS if impl != "triton"} <= set(
+        labels)
+    assert "a2d2c:triton" not in labels  # CUDA only
+    assert {"a2d2c:triton", "odconv:triton"} <= {v.label for v in list_variants(triton=True)}
     others = set(a2d2c.list_conv_layers()) - {"static", "a2d2c", "a2d2c+"}
     assert others <= set(labels)  # every registered baseline, automatically
 

@@ -104,6 +104,16 @@ _LAYERS = [
 ] + [Case("layer512_b1_7x7_infer", "layer", "infer", 1, 512, 7),
      Case("layer64_b1_56x56_infer", "layer", "infer", 1, 64, 56)]
 
+# The issue's GPU rows (bf16 on an H200): training steps of a CIFAR ResNet-18 at batch 128
+# and an ImageNet ResNet-50 at 224² batch 64, peak memory measured on CUDA.
+_GPU = [
+    Case("cifar_resnet18_b128_train", "model", "train", 128, 3, 32, stem="cifar",
+         num_classes=10, target=1.3, memory_target=1.5,
+         anchors="A2D2C <=1.3x, CondConv/DynamicConv/ODConv <=1.6x"),
+    Case("resnet50_224_b64_train", "model", "train", 64, 3, 224, model="resnet50",
+         target=1.25, anchors="A2D2C <=1.25x"),
+]
+
 _SMOKE = [
     Case("smoke_layer_train", "layer", "train", 2, 8, 8),
     Case("smoke_layer_infer", "layer", "infer", 2, 8, 8),
@@ -113,7 +123,7 @@ _SMOKE = [
 
 #: Named case lists for ``a2d2c bench --preset`` (``grid`` is :func:`run_grid`).
 PRESETS: dict[str, list[Case]] = {"issue6": _ISSUE6, "layers": _LAYERS, "smoke": _SMOKE,
-                                  "grid": []}
+                                  "gpu": _GPU, "grid": []}
 
 #: Layers whose per-sample convolution has a selectable ``impl``.
 _IMPL_LAYERS = (A2D2Conv2d, CondConv2d, DynamicConv2d, ODConv2d)
@@ -128,17 +138,25 @@ class Variant:
     impl: str | None = None
 
 
+def _has_triton() -> bool:
+    import importlib.util
+
+    return importlib.util.find_spec("triton") is not None
+
+
 def _is_a2d2c(conv: str) -> bool:
     builder = get_conv_layer(conv)
     target = builder.func if isinstance(builder, functools.partial) else builder
     return isinstance(target, type) and issubclass(target, A2D2Conv2d)
 
 
-def list_variants(patterns: Sequence[str] | None = None) -> list[Variant]:
+def list_variants(patterns: Sequence[str] | None = None, *, triton: bool = False
+                  ) -> list[Variant]:
     """``static``, ``a2d2c:<impl>`` for every impl, then every other registered conv type.
 
     ``patterns``: optional shell-style patterns on the labels (``static`` is always kept,
-    it is the reference).
+    it is the reference). ``triton``: also ``<layer>:triton`` for every layer with a
+    selectable ``impl`` (CUDA only).
     """
     out = [Variant("static", "static")]
     a2d2c_done = False
@@ -147,10 +165,13 @@ def list_variants(patterns: Sequence[str] | None = None) -> list[Variant]:
             continue
         if _is_a2d2c(name):
             if not a2d2c_done:
-                out += [Variant(f"a2d2c:{impl}", name, impl) for impl in IMPLS]
+                out += [Variant(f"a2d2c:{impl}", name, impl) for impl in IMPLS
+                        if impl != "triton" or triton]
                 a2d2c_done = True
             continue
         out.append(Variant(name, name))
+        if triton and name in ("condconv", "dynamicconv", "odconv"):
+            out.append(Variant(f"{name}:triton", name, "triton"))
     if patterns:
         out = [v for v in out if v.label == "static"
                or any(fnmatch.fnmatch(v.label, p) for p in patterns)]
@@ -490,7 +511,7 @@ def run_benchmark(
         raise ValueError(f"repeats must be >= 1 and warmup >= 0, got {repeats}, {warmup}")
     if channels_last is None:
         channels_last = device.type == "cuda"
-    chosen = list_variants(variants)
+    chosen = list_variants(variants, triton=device.type == "cuda" and _has_triton())
     log(f"a2d2c bench: {len(cases)} case(s) x {len(chosen)} variants on {_device_tag(device)}, "
         f"{dtype}, channels_last={channels_last}, {repeats} repeats, allocator "
         f"{allocator_state()}, torch {torch.__version__}, {platform.machine()}")
