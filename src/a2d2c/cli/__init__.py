@@ -27,6 +27,8 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "study": ("a2d2c.cli.study", "run a named study (variants x seeds, resumable) and write "
               "its table and plot under results/"),
     "bench": ("a2d2c.cli.bench", "speed and memory of static, A2D2C and baselines"),
+    "configs": ("a2d2c.cli.configs", "list the shipped recipes (or print one with --show)"),
+    "models": ("a2d2c.cli.models", "list the registered models"),
 }
 
 
@@ -62,7 +64,15 @@ def main(argv: Sequence[str] | None = None) -> int:
         args.overrides = extra
     else:
         args = cmd_parser.parse_args(rest)
-    return int(module.main(args) or 0)
+    from .._optional import MissingDependencyError
+    from ..resources import ConfigNotFoundError
+
+    try:
+        return int(module.main(args) or 0)
+    except (MissingDependencyError, ConfigNotFoundError) as e:
+        # one line naming what to install / which recipe names exist, not a traceback
+        print(f"a2d2c {name}: error: {e}", file=sys.stderr)
+        return 2
 
 
 if __name__ == "__main__":
