@@ -228,3 +228,59 @@ def test_drop_path_rate_linear_in_depth_and_per_sample():
         torch.testing.assert_close(m(x), plain(x))  # identity in eval
     with pytest.raises(ValueError, match="drop_path_rate"):
         a2d2c.create_model("resnet18", drop_path_rate=1.5)
+
+
+# -------------------------------------------------------------- fine-tuning recipes
+def _finetune_recipes() -> list[Path]:
+    from a2d2c.resources import configs_root
+
+    return sorted(configs_root().rglob("*_finetune.yaml"))
+
+
+def test_finetune_recipes_are_their_rows_plus_pretrained_weights():
+    from a2d2c.engine import load_config
+
+    recipes = _finetune_recipes()
+    # the ResNet rows of Tables 1, 2 (CIFAR-100) and 4, 5 (ImageNet), every conv type
+    assert len(recipes) == 24
+    for r in recipes:
+        cfg = load_config(r)
+        row = load_config(r.with_name(r.name.replace("_finetune", "")))
+        assert cfg.model.name == row.model.name and row.model.pretrained is None
+        kwargs = dict(cfg.model.kwargs)
+        if row.model.kwargs.get("variant") == "v1":  # torchvision's ResNet-50 is v1.5
+            assert kwargs.pop("variant") == "v1.5"
+            kwargs["variant"] = "v1"
+        assert kwargs == row.model.kwargs
+        assert (cfg.optim, cfg.schedule, cfg.temperature) == (row.optim, row.schedule,
+                                                                row.temperature)
+        if cfg.data.name == "imagenet":
+            assert cfg.model.pretrained is True
+        else:  # the static recipe of the same table, trained on CIFAR-100 first
+            table, arch = r.stem.split("_")[:2]
+            static = load_config(r.with_name(f"{table}_{arch}_static.yaml"))
+            assert cfg.model.pretrained == f"{static.train.output_dir}/best.pt"
+
+
+def test_cifar_finetune_recipe_starts_from_the_static_checkpoint(tmp_path, monkeypatch):
+    from a2d2c.engine import build_model, load_config
+
+    cfg = load_config(next(r for r in _finetune_recipes()
+                           if r.name == "table1_resnet18_a2d2c_finetune.yaml"),
+                      ["--model.pretrained", str(tmp_path / "best.pt")])
+    torch.manual_seed(0)
+    static = _trained_looking(a2d2c.create_model("resnet18", num_classes=100, stem="cifar"))
+    # what `a2d2c train --config cifar100/table1_resnet18_static` writes: an engine checkpoint
+    torch.save({"format": "a2d2c-checkpoint", "model_name": "resnet18",
+                "model": static.state_dict()}, tmp_path / "best.pt")
+    model = build_model(cfg, 100, 3).eval()
+    x = torch.randn(2, 3, 16, 16)
+    a2d2c.set_temperature(model, 1e12)
+    with torch.no_grad():
+        assert _rel(model(x), static(x)) < 1e-5
+    from a2d2c.engine import ConfigError
+
+    monkeypatch.chdir(tmp_path)  # no runs/ folder here: the static run has not been made
+    with pytest.raises(ConfigError, match=r"model.pretrained: .*not found: runs/cifar100/"):
+        build_model(load_config(next(r for r in _finetune_recipes()
+                                     if r.name.startswith("table1_resnet18_dcd"))), 100, 3)

@@ -28,10 +28,15 @@ def build_model(cfg: Config, num_classes: int, in_chans: int, *,
     initialised from ``cfg.model.pretrained`` unless ``pretrained=False`` (a resumed or
     evaluated checkpoint brings its own weights)."""
     from ..models import create_model
+    from ..models._pretrained import PretrainedError
+    from .config import ConfigError
 
-    return create_model(cfg.model.name, num_classes=num_classes, in_chans=in_chans,
-                        pretrained=cfg.model.pretrained if pretrained else None,
-                        **cfg.model.kwargs)
+    try:
+        return create_model(cfg.model.name, num_classes=num_classes, in_chans=in_chans,
+                            pretrained=cfg.model.pretrained if pretrained else None,
+                            **cfg.model.kwargs)
+    except PretrainedError as e:  # reported like every other config problem
+        raise ConfigError(f"model.pretrained: {e}") from None
 
 
 # --- optimisation ------------------------------------------------------------------
