@@ -99,7 +99,7 @@ def test_true_offline_is_one_clear_error_then_reads_the_hub_cache(tmp_path, monk
     assert "https://download.pytorch.org/models/resnet18-f37072fd.pth" in msg
     # the file torchvision itself would cache there
     assert Path(torch.hub.get_dir()) / "checkpoints" / expected.name == expected
-    expected.parent.mkdir(parents=True)
+    expected.parent.mkdir(parents=True, exist_ok=True)
     expected.write_bytes(path.read_bytes())
     model = a2d2c.create_model("resnet18", pretrained=True).eval()
     x = torch.randn(1, 3, 32, 32)
