@@ -79,6 +79,8 @@ def test_recipe_builds_and_trains_a_step(recipe, data_roots, tmp_path):
             "--train.output_dir", str(tmp_path), "--train.progress", "false"]
     if raw.data.name in data_roots:
         over += ["--data.root", str(data_roots[raw.data.name])]
+    if raw.model.pretrained:  # offline here; fine-tune recipes: tests/test_pretrained.py
+        over += ["--model.pretrained", "null"]
     size = {"cifar100": 16, "imagenet": 32, "imagefolder": 32}.get(raw.data.name)
     if size:
         over += ["--data.img_size", str(size)]
