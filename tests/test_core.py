@@ -153,3 +153,60 @@ def test_study_overrides_use_the_same_syntax(monkeypatch):
         main(["study", "main", "--seeds", "0", "--train.device", "cpu", "--set",
               "data.workers=2"])
     assert seen["extra"] == ["--train.device=cpu", "--data.workers=2"]
+
+
+# --------------------------------------------------------- one placement vocabulary
+CONV_TYPES = ["a2d2c", "a2d2c+", "condconv", "dynamicconv", "odconv", "dcd"]
+
+
+def test_convert_and_the_builders_share_one_placement_table():
+    import torchvision
+    from torch import nn
+
+    import a2d2c.models
+
+    assert a2d2c.PLACEMENTS is a2d2c.models.PLACEMENTS
+    for placement in ("all", "every", "no-stem", "initial", "median", "3x3"):
+        tv = a2d2c.convert(torchvision.models.resnet18(), placement=placement, conv="odconv",
+                           num_kernels=2)
+        converted = sorted(n for n, m in tv.named_modules() if isinstance(m, a2d2c.ODConv2d))
+        with torch.device("meta"):
+            ours = a2d2c.create_model("resnet18", conv="odconv", placement=placement,
+                                      num_kernels=2)
+        assert converted == sorted(ours.dynamic_convs), placement
+        assert converted and all(type(tv.get_submodule(n)) is not nn.Conv2d for n in converted)
+    # "all" is ResNet's sixteen 3x3 block convs in both (not every conv, as it once was)
+    assert len(converted) > 0
+    with torch.device("meta"):
+        assert len(a2d2c.create_model("resnet18_a2d2c").dynamic_convs) == 16
+
+
+@pytest.mark.parametrize("conv", CONV_TYPES)
+def test_convert_any_conv_type_starts_from_the_trained_function(conv):
+    from torch import nn
+
+    torch.manual_seed(0)
+    net = nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.ReLU(), nn.Conv2d(8, 8, 3, padding=1),
+                        nn.ReLU(), nn.Conv2d(8, 4, 3, padding=1)).eval()
+    x = torch.randn(2, 3, 8, 8)
+    with torch.no_grad():
+        ref = net(x)
+    kw = {} if conv == "dcd" else {"num_kernels": 3}
+    a2d2c.convert(net, placement="3x3", conv=conv, noise=0.0, **kw)
+    layer_type = type(a2d2c.create_conv2d(conv, 3, 8, 3, **kw))
+    assert [type(m) for m in net[::2]] == [layer_type] * 3
+    a2d2c.set_temperature(net, 1e9)  # uniform attention where the type has a temperature
+    with torch.no_grad():
+        out = net(x)
+    # noise 0: every type starts as the trained convolutions (layers/transfer.py's rule)
+    torch.testing.assert_close(out, ref, rtol=1e-4, atol=1e-5)
+
+
+def test_registry_a2d2c_runs_auto_and_takes_impl():
+    with torch.device("meta"):
+        m = a2d2c.create_model("resnet18_a2d2c")
+        assert {m.get_submodule(n).impl for n in m.dynamic_convs} == {"auto"}
+        m = a2d2c.create_model("resnet18_a2d2c", impl="plus")
+        assert {m.get_submodule(n).impl for n in m.dynamic_convs} == {"plus"}
+    with pytest.raises(ValueError, match="impl"):
+        a2d2c.create_model("resnet18_a2d2c", impl="fastest", width_mult=0.125)
