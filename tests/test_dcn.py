@@ -335,3 +335,35 @@ def test_narrow_flash_internimage_trains():
     assert sum(losses[-3:]) < 0.85 * sum(losses[:3]), losses
     offsets = [m.offset_mask.weight for m in model.modules() if isinstance(m, a2d2c.DCNv4)]
     assert all(w.abs().sum() > 0 for w in offsets)  # the sampling positions moved
+
+
+# ----------------------------------------------------------------------------- memory, bench
+def test_core_saves_only_its_inputs_unlike_the_grid_sample_route():
+    # The grid_sample route saves P samples per output element for backward; ours keeps
+    # value, offset and mask (independent check of the bench's naive route on the way).
+    from a2d2c.benchmark import naive_dcnv3_core, saved_activation_bytes
+
+    case = (3, 3, 1, 1, 1, 1, 1, 1, 2, 16, 1.0, False)
+    g = torch.Generator().manual_seed(0)
+    v = torch.randn(2, 12, 10, 32, generator=g, requires_grad=True)
+    off = (2 * torch.randn(2, 12, 10, 36, generator=g)).requires_grad_()
+    m = torch.randn(2, 12, 10, 18, generator=g, requires_grad=True)
+    torch.testing.assert_close(dcnv3_core(v, off, m, *case), naive_dcnv3_core(v, off, m, *case),
+                               rtol=1e-4, atol=1e-4)
+    ours = saved_activation_bytes(lambda: dcnv3_core(v, off, m, *case))
+    naive = saved_activation_bytes(lambda: naive_dcnv3_core(v, off, m, *case))
+    inputs = sum(t.numel() * 4 for t in (v, off, m))
+    assert ours == inputs
+    assert naive >= inputs + 9 * v.numel() * 4  # the (N·G, D, Ho·Wo, P) samples
+
+
+def test_bench_dcn_preset_runs_beside_the_3x3_conv():
+    from a2d2c.benchmark import DCN_VARIANTS, PRESETS, Case, run_benchmark
+
+    assert all(c.extra_variants == DCN_VARIANTS for c in PRESETS["dcn"])
+    case = Case("tiny", "layer", "train", 1, 16, 6, extra_variants=DCN_VARIANTS)
+    rows, _ = run_benchmark([case], repeats=1, warmup=0, variants=["static"],
+                            log=lambda s: None)
+    assert [r["variant"] for r in rows] == ["static", *DCN_VARIANTS]
+    for r in rows:
+        assert math.isfinite(r["ratio"]) and math.isfinite(r["saved_mb"])
