@@ -341,7 +341,7 @@ def test_narrow_flash_internimage_trains():
 def test_core_saves_only_its_inputs_unlike_the_grid_sample_route():
     # The grid_sample route saves P samples per output element for backward; ours keeps
     # value, offset and mask (independent check of the bench's naive route on the way).
-    from a2d2c.benchmark import naive_dcnv3_core, saved_activation_bytes
+    from a2d2c.tools.benchmark import naive_dcnv3_core, saved_activation_bytes
 
     case = (3, 3, 1, 1, 1, 1, 1, 1, 2, 16, 1.0, False)
     g = torch.Generator().manual_seed(0)
@@ -358,7 +358,7 @@ def test_core_saves_only_its_inputs_unlike_the_grid_sample_route():
 
 
 def test_bench_dcn_preset_runs_beside_the_3x3_conv():
-    from a2d2c.benchmark import DCN_VARIANTS, PRESETS, Case, run_benchmark
+    from a2d2c.tools.benchmark import DCN_VARIANTS, PRESETS, Case, run_benchmark
 
     assert all(c.extra_variants == DCN_VARIANTS for c in PRESETS["dcn"])
     case = Case("tiny", "layer", "train", 1, 16, 6, extra_variants=DCN_VARIANTS)

@@ -14,6 +14,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from ..ops.mixed_conv import compute_dtype
 from ._base import ConvArgs, check_conv_input, check_positive_int
 
 __all__ = [
@@ -84,7 +85,7 @@ class DynamicConvBase(nn.Module):
         (the attention paths reshape over the batch and cannot run on zero samples).
         """
         ho, wo = self.geometry.output_size(x.shape[2], x.shape[3])
-        y = x.new_zeros(0, self.out_channels, ho, wo, dtype=_compute_dtype(x))
+        y = x.new_zeros(0, self.out_channels, ho, wo, dtype=compute_dtype(x))
         for t in (x, *self.parameters()):
             if t.requires_grad:
                 y = y + t.reshape(-1)[:0].sum().to(y.dtype)  # an exact 0 with a zero gradient
