@@ -367,3 +367,20 @@ def test_bench_dcn_preset_runs_beside_the_3x3_conv():
     assert [r["variant"] for r in rows] == ["static", *DCN_VARIANTS]
     for r in rows:
         assert math.isfinite(r["ratio"]) and math.isfinite(r["saved_mb"])
+
+
+def test_profiler_counts_the_dcn_sampling_per_layer():
+    from torch.utils.flop_counter import FlopCounterMode
+
+    from a2d2c.profiling import count_madds
+
+    model = a2d2c.create_model("flash_internimage_t", num_classes=10, stem="cifar",
+                               width_mult=0.25, depths=(1, 1, 1, 1)).eval()
+    report = count_madds(model, (3, 32, 32))
+    assert report.summary() == "4x DCNv4 P=9"
+    with FlopCounterMode(display=False) as counter, torch.no_grad():
+        model(torch.randn(1, 3, 32, 32))
+    sampling = counter.get_flop_counts()["Global"][torch.ops.a2d2c.dcnv3_core] // 2
+    # stages: 16 channels at 32x32, 32 at 16x16, 64 at 8x8, 128 at 4x4; 9 points each
+    assert sampling == sum(5 * s * s * 9 * c for c, s in ((16, 32), (32, 16), (64, 8), (128, 4)))
+    assert report.madds == counter.get_total_flops() // 2
