@@ -384,3 +384,21 @@ def test_profiler_counts_the_dcn_sampling_per_layer():
     # stages: 16 channels at 32x32, 32 at 16x16, 64 at 8x8, 128 at 4x4; 9 points each
     assert sampling == sum(5 * s * s * 9 * c for c, s in ((16, 32), (32, 16), (64, 8), (128, 4)))
     assert report.madds == counter.get_total_flops() // 2
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_core_cuda_matches_the_oracle_and_bf16_autocast():
+    case = CASES[2]
+    value, offset, mask = _inputs(case, n=2, seed=11)
+    ref = _grads(lambda v, o, m: _oracle(v, o, m, *case), value, offset, mask)
+    ours = _grads(lambda v, o, m: dcnv3_core(v, o, m, *case),
+                  *(t.cuda() for t in (value, offset, mask)))
+    for a, b in zip(ours, ref, strict=True):
+        torch.testing.assert_close(a.cpu(), b, rtol=1e-10, atol=1e-10)
+    model = a2d2c.create_model("flash_internimage_t", num_classes=5, stem="cifar",
+                               width_mult=0.25, depths=(1, 1, 1, 1)).cuda()
+    with torch.autocast("cuda", dtype=torch.bfloat16):
+        out = model(torch.randn(2, 3, 32, 32, device="cuda"))
+    out.float().sum().backward()
+    assert torch.isfinite(out).all()
+    assert all(torch.isfinite(p.grad).all() for p in model.parameters() if p.grad is not None)
