@@ -243,7 +243,9 @@ def _read_checkpoint(path: str | Path) -> tuple[dict[str, Tensor], dict[str, Any
         with safe_open(str(path), framework="pt") as f:
             meta = dict(f.metadata() or {})
     else:
-        obj = torch.load(path, map_location="cpu", weights_only=True)
+        from ..engine.checkpoint import read_torch_file
+
+        obj = read_torch_file(path, map_location="cpu")
     if isinstance(obj, Mapping):
         for key in ("model", "state_dict"):
             if key in obj and isinstance(obj[key], Mapping):

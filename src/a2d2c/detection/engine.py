@@ -24,7 +24,13 @@ import torch.distributed as dist
 from torch import nn
 from torch.utils.data import BatchSampler, DataLoader, DistributedSampler, Subset
 
-from ..engine.checkpoint import FORMAT, load_checkpoint, save_checkpoint, unwrap_model
+from ..engine.checkpoint import (
+    FORMAT,
+    load_checkpoint,
+    read_torch_file,
+    save_checkpoint,
+    unwrap_model,
+)
 from ..engine.distributed import (
     DistContext,
     barrier,
@@ -286,7 +292,7 @@ def load_detector_checkpoint(path: str | Path, *, map_location: str | torch.devi
         if path.suffix == ".safetensors":
             raise ValueError(f"{str(path)!r} carries no config; pass the detection config "
                              "it was trained with")
-        raw = torch.load(path, map_location=map_location, weights_only=True)
+        raw = read_torch_file(path, map_location=map_location)
         if not (isinstance(raw, dict) and isinstance(raw.get("config"), dict)):
             raise ValueError(f"checkpoint {str(path)!r} carries no config; pass the detection "
                              "config it was trained with")
@@ -375,7 +381,7 @@ def _train(config: DetectionConfig, ctx: DistContext, *, resume: str | None,
     temperature = build_temperature(model, config, steps_per_epoch)
     start_epoch = 0
     if resume:
-        state = load_checkpoint(resume)
+        state = load_checkpoint(resume, require=("model", "optimizer", "lr_scheduler", "epoch"))
         if state.get("model_name") != f"maskrcnn_fpn:{config.model.backbone}":
             raise ValueError(f"cannot resume from {resume}: it holds {state.get('model_name')!r}, "
                              f"the config builds maskrcnn_fpn:{config.model.backbone}")

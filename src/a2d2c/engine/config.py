@@ -22,6 +22,7 @@ import copy
 import dataclasses
 import difflib
 import itertools
+import math
 import os
 import types
 import typing
@@ -394,9 +395,9 @@ def validate_config(cfg: Config, *, check_model: bool = True) -> None:
     if not 0 <= s.min_lr < o.lr:
         _fail("schedule.min_lr", s.min_lr, f"must be in [0, optim.lr={o.lr})")
     tc = cfg.temperature
-    if not (tc.start > 0 and tc.end > 0):
-        _fail("temperature.start/end", (tc.start, tc.end), "must both be > 0")
-    if tc.anneal_epochs < 0:
+    if not (0 < tc.start < math.inf and 0 < tc.end < math.inf):
+        _fail("temperature.start/end", (tc.start, tc.end), "must both be finite and > 0")
+    if not 0 <= tc.anneal_epochs < math.inf:
         _fail("temperature.anneal_epochs", tc.anneal_epochs, "must be >= 0")
     if t.eval_every < 1:
         _fail("train.eval_every", t.eval_every, "must be >= 1")
