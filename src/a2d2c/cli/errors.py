@@ -71,19 +71,21 @@ def exit_code(e: BaseException) -> int:
 def format_error(e: BaseException) -> str:
     """One line: the exception's own message (a readable one for filesystem errors)."""
     if isinstance(e, OSError) and e.errno is not None and e.strerror:
-        where = f" {e.filename}" if e.filename else ""
+        where = f": {e.filename}" if e.filename else ""
         fix = {errno.ENOSPC: "free some disk space or write elsewhere",
                errno.EACCES: "choose a writable location",
                errno.EROFS: "choose a writable location",
                errno.EISDIR: "give a file path, not a folder",
                errno.ENOTDIR: "a part of the path is a file, not a folder",
                errno.EEXIST: "remove it or choose another path"}.get(e.errno)
-        msg = f"{e.strerror}:{where}" + (f" ({fix})" if fix else "")
+        msg = f"{e.strerror}{where}" + (f" ({fix})" if fix else "")
     else:
         msg = str(e).strip()
         if isinstance(e, KeyError) and len(e.args) == 1:
             msg = f"missing key {e.args[0]!r}"
     lines = [line.strip() for line in msg.splitlines() if line.strip()]
+    if any(line.startswith(("Traceback", "Original Traceback")) for line in lines):
+        lines = [lines[0], lines[-1]]  # a DataLoader worker's error: what and where, no trace
     msg = " ".join(lines) if lines else type(e).__name__
     if exit_code(e) == 1 and not isinstance(e, _runtime_error_types()):
         msg = (f"unexpected {type(e).__name__}: {msg} (rerun with --debug or {DEBUG_ENV}=1 "

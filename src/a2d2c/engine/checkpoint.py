@@ -147,6 +147,12 @@ def save_checkpoint(state: dict[str, Any], path: str | os.PathLike, *,
                 shutil.copy2(path, prev_tmp)
             os.replace(prev_tmp, prev)
         os.replace(tmp, path)
+    except OSError as e:
+        if e.errno is None or e.filename is not None:
+            raise
+        # e.g. ENOSPC from the write: say which file, and that the old one is untouched
+        raise OSError(e.errno, f"{e.strerror} (writing the checkpoint; the previous one is "
+                      "intact)", str(path)) from e
     finally:
         if tmp.exists():
             tmp.unlink()
