@@ -191,6 +191,9 @@ def load_yaml_recipe(path: str | os.PathLike, _seen: tuple[Path, ...] = ()) -> d
         raise ConfigError(f"{path} must hold a mapping at the top level, got {type(data).__name__}")
     bases = data.pop("_base_", [])
     bases = [bases] if isinstance(bases, str) else bases
+    if not isinstance(bases, list) or not all(isinstance(b, str) for b in bases):
+        raise ConfigError(f"{path}: _base_ must be a file name or a list of file names, "
+                          f"got {bases!r}")
     merged: dict[str, Any] = {}
     for b in bases:
         merged = _merge(merged, load_yaml_recipe(path.parent / b, (*_seen, path.resolve())))
