@@ -14,13 +14,24 @@ import argparse
 
 ACCEPTS_OVERRIDES = True
 DEFAULT_RECIPE = "fashion_mnist_default"
+#: without --config, a run that names its own data or model starts from this neutral
+#: recipe instead (no Fashion-MNIST subset, threads or model settings inherited)
+BASE_RECIPE = "base"
+
+
+def default_recipe(overrides: dict) -> str:
+    """The recipe of a run given no --config: the offline default, or the neutral base."""
+    names_own = any(k in overrides.get(sec, {}) for sec, k in (("data", "name"),
+                                                               ("model", "name")))
+    return BASE_RECIPE if names_own else DEFAULT_RECIPE
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--config", default=None, metavar="YAML",
                         help="a shipped recipe's name (see `a2d2c configs`) or a YAML file "
-                             "(default: fashion_mnist_default, or the checkpoint's own "
-                             "config with --resume)")
+                             "(default: fashion_mnist_default; 'base' when --data.name or "
+                             "--model.name is given; the checkpoint's own config with "
+                             "--resume)")
     parser.add_argument("--resume", default=None, metavar="CKPT",
                         help="continue from a checkpoint (e.g. runs/x/last.pt)")
     parser.add_argument("--resume-allow-changed", action="store_true",
@@ -44,7 +55,7 @@ def build_config(args: argparse.Namespace):
         cfg = config_from_dict(_merge(base, overrides))
         validate_config(cfg)
         return cfg
-    return load_config(args.config or DEFAULT_RECIPE, overrides)
+    return load_config(args.config or default_recipe(overrides), overrides)
 
 
 def main(args: argparse.Namespace) -> int:

@@ -7,8 +7,9 @@ A registry maps a dataset name to a :class:`DatasetSpec`::
     loader = a2d2c.data.build_loader(train, cfg.data, train=True, seed=0)
 
 ``cfg`` is an :class:`a2d2c.engine.DataConfig` (any object with its attributes).
-Registered: ``cifar100``, ``imagenet`` (ImageFolder ``train/``/``val/``),
-``fashion_mnist``, ``synthetic``. ``num_classes`` always comes from the dataset.
+Registered: ``imagefolder`` (any ``train/<class>/*``, ``val/<class>/*`` tree),
+``imagenet`` (its preset), ``cifar100``, ``fashion_mnist``, ``synthetic``.
+``num_classes`` always comes from the dataset.
 """
 
 from __future__ import annotations
@@ -210,30 +211,46 @@ def _cifar_build(split: str, cfg: DataConfig) -> tuple[Dataset, Callable]:
     return ds, cifar_transform(train, cfg.augment, cfg.img_size)
 
 
-def _imagenet_root(cfg: DataConfig) -> Path:
+def _folder_root(cfg: DataConfig) -> Path:
     if not cfg.root:
-        raise ValueError("data.root is required for imagenet: a folder with train/ and val/ "
+        raise ValueError(f"data.root is required for {cfg.name}: a folder with train/ and val/ "
                          "sub-folders, one folder of images per class")
     return Path(cfg.root)
 
 
-def _imagenet_info(cfg: DataConfig) -> DatasetInfo:
-    root = _imagenet_root(cfg)
+def _folder_classes(folder: Path) -> list[str]:
+    return sorted(p.name for p in folder.iterdir() if p.is_dir())
+
+
+def _folder_info(cfg: DataConfig) -> DatasetInfo:
+    """``imagefolder`` (and its preset ``imagenet``): ``root/{train,val}/<class>/<image>``."""
+    root = _folder_root(cfg)
+    example = ("<wnid>/*.JPEG" if cfg.name == "imagenet" else "<class>/*.jpg")
     for split in SPLITS:
         if not (root / split).is_dir():
+            what = "ImageNet" if cfg.name == "imagenet" else "image folder"
             raise DatasetNotFoundError(
-                f"ImageNet not found: expected {root / split} with one sub-folder per class "
-                f"({root}/train/<wnid>/*.JPEG and {root}/val/<wnid>/*.JPEG; torchvision's "
+                f"{what} not found: expected {root / split} with one sub-folder per class "
+                f"({root}/train/{example} and {root}/val/{example}; torchvision's "
                 "ImageFolder layout)")
-    classes = sorted(p.name for p in (root / "train").iterdir() if p.is_dir())
+    classes = _folder_classes(root / "train")
     if not classes:
         raise DatasetNotFoundError(f"no class folders in {root / 'train'}")
+    val_classes = _folder_classes(root / "val")
+    if val_classes != classes:
+        # ImageFolder numbers classes by sorted folder name per split: different folders
+        # would silently give the same label to different classes
+        only_t = sorted(set(classes) - set(val_classes))
+        only_v = sorted(set(val_classes) - set(classes))
+        raise DatasetNotFoundError(
+            f"{root}: train/ and val/ must hold the same class folders (only in train: "
+            f"{only_t[:5] or 'none'}; only in val: {only_v[:5] or 'none'})")
     return DatasetInfo(len(classes), 3, cfg.img_size or 224)
 
 
-def _imagenet_build(split: str, cfg: DataConfig) -> tuple[Dataset, Callable]:
+def _folder_build(split: str, cfg: DataConfig) -> tuple[Dataset, Callable]:
     train = _check_split(split)
-    ds = ImageFolderDataset(_imagenet_root(cfg), split)
+    ds = ImageFolderDataset(_folder_root(cfg), split)
     return ds, imagenet_transform(train, cfg.augment, cfg.img_size, cfg.resize,
                                   cfg.square_resize)
 
@@ -253,7 +270,11 @@ def _fmnist_build(split: str, cfg: DataConfig) -> tuple[Dataset, Callable]:
 register_dataset(DatasetSpec("synthetic", _synthetic_info, _synthetic_build,
                              frozenset({"num_classes", "in_chans"})))
 register_dataset(DatasetSpec("cifar100", _cifar_info, _cifar_build))
-register_dataset(DatasetSpec("imagenet", _imagenet_info, _imagenet_build,
+# any train/<class>/*, val/<class>/* tree; `imagenet` is the same reader (a preset name
+# whose messages speak of ImageNet and whose recipes set ImageNet's sizes)
+register_dataset(DatasetSpec("imagefolder", _folder_info, _folder_build,
+                             frozenset({"resize", "square_resize"})))
+register_dataset(DatasetSpec("imagenet", _folder_info, _folder_build,
                              frozenset({"resize", "square_resize"})))
 register_dataset(DatasetSpec("fashion_mnist", _fmnist_info, _fmnist_build))
 

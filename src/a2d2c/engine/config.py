@@ -142,8 +142,11 @@ class TrainConfig:
     amp: str = "none"
     channels_last: bool = False
     compile: bool = False
-    #: where checkpoints, metrics and the resolved config go
-    output_dir: str = "runs/default"
+    #: where checkpoints, metrics and the resolved config go (null: a new folder
+    #: runs/<data>-<model>-<time> for every run)
+    output_dir: str | None = None
+    #: let a fresh run replace an earlier run in an explicitly named output_dir
+    overwrite: bool = False
     #: evaluate every this many epochs (and always after the last)
     eval_every: int = 1
     #: also write a mid-epoch checkpoint every this many steps (0: only at epoch ends)
@@ -371,7 +374,7 @@ def validate_config(cfg: Config, *, check_model: bool = True) -> None:
             _fail(f"data.{key}", getattr(d, key), f"only for datasets that accept it, not "
                   f"{d.name!r}")
     if d.square_resize and "square_resize" not in spec.options:
-        _fail("data.square_resize", True, f"only for imagenet, not {d.name!r}")
+        _fail("data.square_resize", True, f"only for imagefolder and imagenet, not {d.name!r}")
     for key in ("batch_size", "eval_batch_size", "train_samples", "val_samples", "img_size",
                 "resize", "num_classes", "in_chans"):
         v = getattr(d, key)

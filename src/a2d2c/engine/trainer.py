@@ -15,6 +15,7 @@ stopped after any step and resumed yields bitwise the weights of an uninterrupte
 from __future__ import annotations
 
 import contextlib
+import copy
 import math
 import os
 import random
@@ -335,7 +336,19 @@ def fit(cfg: Config, *, resume: str | os.PathLike | None = None,
     ctx = init_distributed(cfg.train.device)
     threads = torch.get_num_threads()
     try:
-        return _fit(cfg, ctx, resume, stop, on_step, allow_changed_model)
+        auto = cfg.train.output_dir is None
+        if auto:  # a new folder of its own (engine/rundir.py)
+            cfg = copy.deepcopy(cfg)
+            cfg.train.output_dir = _new_run_dir(cfg, ctx)
+        try:
+            with contextlib.ExitStack() as held:  # the run folder's lock, until the end
+                return _fit(cfg, ctx, resume, stop, on_step, held, allow_changed_model)
+        except BaseException:
+            if auto and ctx.is_main:  # failed before writing anything: leave no empty folder
+                with contextlib.suppress(OSError):
+                    (Path(cfg.train.output_dir) / ".lock").unlink(missing_ok=True)
+                    Path(cfg.train.output_dir).rmdir()
+            raise
     finally:
         torch.set_num_threads(threads)
         cleanup_distributed(ctx)
@@ -382,9 +395,20 @@ def _check_resume_options(resume: str | os.PathLike, ckpt: dict[str, Any], cfg: 
             "to continue with the changed model")
 
 
+def _new_run_dir(cfg: Config, ctx: DistContext) -> str:
+    """``runs/<data>-<model>-<time>``, chosen by rank 0 and shared with the other ranks."""
+    from .rundir import default_output_dir
+
+    name = [str(default_output_dir(cfg.data.name, cfg.model.name))] if ctx.is_main else [None]
+    if ctx.distributed:
+        torch.distributed.broadcast_object_list(name, src=0)
+    return str(name[0])
+
+
 def _fit(cfg: Config, ctx: DistContext, resume: str | os.PathLike | None, stop: StopRequest,
-         on_step: Callable[[int], None] | None, allow_changed_model: bool = False
-         ) -> FitResult:
+         on_step: Callable[[int], None] | None,
+         held: contextlib.ExitStack | None = None,
+         allow_changed_model: bool = False) -> FitResult:
     from ..data import build_dataset, build_loader, dataset_info
     from .build import build_model, build_optimizer, lr_factor_fn
 
@@ -470,14 +494,20 @@ def _fit(cfg: Config, ctx: DistContext, resume: str | os.PathLike | None, stop: 
     out = Path(t.output_dir)
     writer = None
     if ctx.is_main:
+        from .rundir import RunLock, check_fresh_run_dir
+
         out.mkdir(parents=True, exist_ok=True)
+        lock = RunLock(out)
+        if held is not None:
+            held.enter_context(lock)  # a second run into this folder stops here
+        if ckpt is None:
+            check_fresh_run_dir(out, t.overwrite)
         save_config(cfg, out / "config.yaml")
         from .metrics import MetricsWriter
 
         writer = MetricsWriter(out, tensorboard=t.tensorboard)
         if ckpt is None and (out / "last.pt").exists():
-            _log(ctx, f"note: {out} holds an earlier run; starting afresh over it "
-                 "(use --resume to continue it, or another --train.output_dir)")
+            _log(ctx, f"note: replacing the earlier run in {out} (train.overwrite)")
         writer.truncate_after(start_epoch)  # rows beyond the starting point are redone
     _log(ctx, f"model {cfg.model.name}: {n_params / 1e6:.3f}M params | data {cfg.data.name}: "
          f"{len(train_set)} train / {len(val_set)} val images, {info.num_classes} classes | "

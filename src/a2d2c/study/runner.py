@@ -276,7 +276,9 @@ def run_study(
         for label in labels:
             run_dir = root / label / f"seed{seed}"
             args = [*overrides_to_args(spec.common), *overrides_to_args(spec.variants[label]),
-                    f"--train.seed={seed}", f"--train.output_dir={run_dir}", *extra]
+                    f"--train.seed={seed}", f"--train.output_dir={run_dir}",
+                    # a run without a record was interrupted: it starts afresh over its folder
+                    "--train.overwrite=true", *extra]
             configs[(label, seed)] = (run_dir, load_config(spec.recipe, overrides=args))
     records = []
     for (label, seed), (run_dir, cfg) in configs.items():
