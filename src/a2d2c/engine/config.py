@@ -182,7 +182,12 @@ def _merge(base: dict[str, Any], update: Mapping[str, Any]) -> dict[str, Any]:
 def load_yaml_recipe(path: str | os.PathLike, _seen: tuple[Path, ...] = ()) -> dict[str, Any]:
     """Read a YAML recipe, resolving ``_base_`` includes (relative to the file)."""
     path = Path(path)
-    if not path.is_file():
+    try:
+        found = path.is_file()
+    except OSError as e:  # e.g. a name too long for the file system
+        raise ConfigError(f"config file {str(path)[:200]!r} cannot be opened: "
+                          f"{e.strerror or e}") from None
+    if not found:
         raise ConfigError(f"config file not found: {path}")
     if path.resolve() in _seen:
         raise ConfigError(f"circular _base_ include: {' -> '.join(map(str, _seen))} -> {path}")
@@ -190,6 +195,8 @@ def load_yaml_recipe(path: str | os.PathLike, _seen: tuple[Path, ...] = ()) -> d
         data = yaml.safe_load(path.read_text()) or {}
     except yaml.YAMLError as e:
         raise ConfigError(f"{path} is not valid YAML: {e}") from None
+    except (OSError, UnicodeDecodeError) as e:
+        raise ConfigError(f"config file {path} cannot be read: {e}") from None
     if not isinstance(data, dict):
         raise ConfigError(f"{path} must hold a mapping at the top level, got {type(data).__name__}")
     bases = data.pop("_base_", [])
@@ -287,7 +294,7 @@ def _build(cls: type, data: Mapping[str, Any], prefix: str) -> Any:
     for key, value in data.items():
         dotted = f"{prefix}{key}"
         if key not in names:
-            close = difflib.get_close_matches(key, names, n=3)
+            close = difflib.get_close_matches(str(key), names, n=3)  # YAML keys may be ints
             hint = f"; did you mean {' or '.join(prefix + c for c in close)}?" if close else ""
             raise ConfigError(f"unknown config key {dotted!r}{hint} (valid in "
                               f"{prefix[:-1] or 'the top level'}: {', '.join(names)})")
