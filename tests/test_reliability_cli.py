@@ -246,6 +246,37 @@ def test_corrupt_data_files_are_one_line(tmp_path, capsys):
     _assert_one_line(rc, err, "visualize")
 
 
+def test_detect_errors_are_one_line(tmp_path, capsys):
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("model: {nosuchkey: 1}\n")
+    empty = tmp_path / "empty.pt"
+    empty.write_bytes(b"")
+    afile = tmp_path / "afile"
+    afile.write_text("x")
+    for argv, expect in (
+            (["train", "--config", str(tmp_path / "missing.yaml")], "missing.yaml"),
+            (["train", "--config", str(bad)], "nosuchkey"),
+            (["eval", "--checkpoint", str(empty)], "corrupt checkpoint"),
+            (["eval", "--checkpoint", str(tmp_path / "none.pt")], "none.pt"),
+            (["make-shapes", "--out", str(afile)], str(afile))):
+        rc, err = _run(capsys, ["detect", *argv])
+        _assert_one_line(rc, err, "detect", expect)
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="needs a machine without CUDA")
+def test_cuda_without_cuda_is_one_line_in_every_command(tmp_path, capsys):
+    png = str(_png(tmp_path / "x.png"))
+    for command, argv in (
+            ("train", ["--train.device", "cuda"]),
+            ("visualize", ["--model", "resnet18_a2d2c", "--image", png, "--device", "cuda",
+                           "--out-dir", str(tmp_path / "v")]),
+            ("visualize", ["--model", "resnet18_a2d2c", "--image", png, "--device", "tpu9",
+                           "--out-dir", str(tmp_path / "v")]),
+            ("bench", ["--device", "cuda", "--cases", "nosuchcase"])):
+        rc, err = _run(capsys, [command, *argv])
+        _assert_one_line(rc, err, command)
+
+
 def test_restricted_unpickler_still_reads_cifar(tmp_path):
     from a2d2c.data.datasets import CIFAR100
 

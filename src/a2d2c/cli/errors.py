@@ -57,8 +57,23 @@ def _runtime_error_types() -> tuple[type[BaseException], ...]:
     return tuple(types)
 
 
+# What PyTorch raises (as RuntimeError/AssertionError) for a device this machine lacks
+# or a device string it does not know: the user's setting, so exit 2 like a config error.
+_DEVICE_ERRORS = ("Found no NVIDIA driver", "Torch not compiled with CUDA",
+                  "CUDA is not available", "no CUDA GPUs are available",
+                  "Expected one of cpu, cuda", "Invalid device string", "invalid device ordinal")
+
+
+def is_device_error(e: BaseException) -> bool:
+    """True for PyTorch's errors about a missing or unknown device."""
+    return isinstance(e, (RuntimeError, AssertionError)) and any(
+        m.lower() in str(e).lower() for m in _DEVICE_ERRORS)
+
+
 def exit_code(e: BaseException) -> int:
     """2 for an anticipated error the user can fix, 1 for a run-time failure."""
+    if is_device_error(e):
+        return 2
     if isinstance(e, _runtime_error_types()):
         return 1
     if isinstance(e, KeyError):  # a missing key is a bug, unless it says otherwise
@@ -87,7 +102,10 @@ def format_error(e: BaseException) -> str:
     if any(line.startswith(("Traceback", "Original Traceback")) for line in lines):
         lines = [lines[0], lines[-1]]  # a DataLoader worker's error: what and where, no trace
     msg = " ".join(lines) if lines else type(e).__name__
-    if exit_code(e) == 1 and not isinstance(e, _runtime_error_types()):
+    if is_device_error(e):
+        msg = (f"device not available: {msg} (choose another device, e.g. cpu; check with "
+               "python -c 'import torch; print(torch.cuda.is_available())')")
+    elif exit_code(e) == 1 and not isinstance(e, _runtime_error_types()):
         msg = (f"unexpected {type(e).__name__}: {msg} (rerun with --debug or {DEBUG_ENV}=1 "
                "for the traceback)")
     return msg

@@ -53,8 +53,8 @@ def _select_device(device: str, local_rank: int) -> torch.device:
     if device == "cuda":
         if not torch.cuda.is_available():
             # a ValueError: the user's setting, not a run-time failure (CLI exit code 2)
-            raise ValueError("train.device=cuda but CUDA is not available on this machine; "
-                             "use --train.device cpu (or auto)")
+            raise ValueError("device cuda requested (train.device / --device) but CUDA is not "
+                             "available on this machine; use cpu (or auto)")
         return torch.device("cuda", local_rank)
     return torch.device(device)
 
