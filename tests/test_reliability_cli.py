@@ -348,6 +348,7 @@ def test_debug_shows_the_traceback(tmp_path, capsys, monkeypatch):
         cli_main(["eval", "--checkpoint", str(empty)])
 
 
+@pytest.mark.slow  # two interpreter starts (torch import): ~10 s each on a busy 2-core box
 def test_subprocess_one_line_and_debug_traceback(tmp_path):
     empty = tmp_path / "empty.pt"
     empty.write_bytes(b"")
