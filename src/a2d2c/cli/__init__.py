@@ -47,6 +47,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     from ..allocator import tune_allocator
+    from ..logs import install_cli_handler
+
+    install_cli_handler()  # the library logs to "a2d2c"; the command shows it on stdout
 
     tune_allocator()  # glibc keeps freed blocks (a2d2c.allocator; A2D2C_MALLOC_TUNING=0: off)
     argv = list(sys.argv[1:] if argv is None else argv)

@@ -31,4 +31,11 @@ def main(args: argparse.Namespace) -> int:
     if m.get("recorded_top1") is not None:
         line += f" (recorded at training time: top-1 {m['recorded_top1']:.2f}%)"
     print(line)
+    if "ema" in m:
+        e = m["ema"]
+        line = (f"EMA weights: top-1 {e['top1']:.2f}%, top-5 {e['top5']:.2f}%, loss "
+                f"{e['loss']:.4f}")
+        if m.get("recorded_ema_top1") is not None:
+            line += f" (recorded at training time: top-1 {m['recorded_ema_top1']:.2f}%)"
+        print(line)
     return 0

@@ -37,6 +37,7 @@ __all__ = [
     "Config",
     "ConfigError",
     "DataConfig",
+    "EmaConfig",
     "ModelConfig",
     "OptimConfig",
     "ScheduleConfig",
@@ -65,6 +66,9 @@ class ModelConfig:
     kwargs: dict[str, Any] = field(default_factory=dict)
     #: convert BatchNorm to SyncBatchNorm when training on several processes
     sync_bn: bool = False
+    #: initial weights: true (torchvision's ImageNet weights of the static architecture,
+    #: from the torch hub cache), a .pth/.pt/.safetensors file, or "timm:<name>"
+    pretrained: bool | str | None = None
 
 
 @dataclass
@@ -98,6 +102,19 @@ class DataConfig:
     #: synthetic only: number of classes and input channels
     num_classes: int | None = None
     in_chans: int | None = None
+    #: per-sample auto-augmentation (torchvision v2): randaugment | trivialaugment |
+    #: autoaugment | null
+    auto_augment: str | None = None
+    #: autoaugment's policy: imagenet | cifar10 | svhn
+    auto_augment_policy: str = "imagenet"
+    #: randaugment's number of operations and magnitude (0..30)
+    rand_augment_ops: int = 2
+    rand_augment_magnitude: int = 9
+    #: probability of v2.RandomErasing on a training image (after normalisation)
+    random_erasing: float = 0.0
+    #: Beta(α, α) of v2.MixUp / v2.CutMix on training batches (0: off; both: one per batch)
+    mixup_alpha: float = 0.0
+    cutmix_alpha: float = 0.0
 
 
 @dataclass
@@ -110,6 +127,15 @@ class OptimConfig:
     label_smoothing: float = 0.0
     #: clip the global gradient norm to this value (null: no clipping)
     clip_grad_norm: float | None = None
+    #: gradient accumulation: optimizer steps every this many batches (effective batch
+    #: data.batch_size × accum_steps; schedules count optimizer steps)
+    accum_steps: int = 1
+    #: weight decay of normalisation layers' weights and biases (null: weight_decay)
+    norm_weight_decay: float | None = None
+    #: weight decay of every other bias (null: weight_decay)
+    bias_weight_decay: float | None = None
+    #: weight decay of the dynamic layers' attention parameters (null: by the rules above)
+    attention_weight_decay: float | None = None
 
 
 @dataclass
@@ -133,6 +159,16 @@ class TemperatureConfig:
 
 
 @dataclass
+class EmaConfig:
+    #: decay of the exponential moving average of the weights (null: no EMA), e.g. 0.9998
+    decay: float | None = None
+    #: warm the decay up as min(decay, (1 + n) / (10 + n)) over the first updates n
+    warmup: bool = True
+    #: update the average every this many optimizer steps
+    every: int = 1
+
+
+@dataclass
 class TrainConfig:
     epochs: int = 100
     seed: int = 0
@@ -151,8 +187,10 @@ class TrainConfig:
     eval_every: int = 1
     #: also write a mid-epoch checkpoint every this many steps (0: only at epoch ends)
     checkpoint_every: int = 0
-    #: tqdm bars on rank 0 (only when stderr is a terminal)
+    #: tqdm bars on rank 0 when stderr is a terminal; otherwise (SLURM, nohup, CI) a
+    #: progress line every log_every steps when stdout is not a terminal
     progress: bool = True
+    log_every: int = 50
     tensorboard: bool = False
     #: CPU threads per process (0: leave torch's default)
     threads: int = 0
@@ -166,6 +204,7 @@ class Config:
     schedule: ScheduleConfig = field(default_factory=ScheduleConfig)
     temperature: TemperatureConfig = field(default_factory=TemperatureConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
+    ema: EmaConfig = field(default_factory=EmaConfig)
 
 
 # ------------------------------------------------------------------------------ YAML
@@ -402,6 +441,7 @@ def validate_config(cfg: Config, *, check_model: bool = True) -> None:
         _fail("optim.label_smoothing", o.label_smoothing, "must be in [0, 1)")
     if o.clip_grad_norm is not None and not o.clip_grad_norm > 0:
         _fail("optim.clip_grad_norm", o.clip_grad_norm, "must be > 0 or null")
+    _validate_recipe_features(cfg)
     s, t = cfg.schedule, cfg.train
     if t.epochs < 1:
         _fail("train.epochs", t.epochs, "must be >= 1")
@@ -425,6 +465,8 @@ def validate_config(cfg: Config, *, check_model: bool = True) -> None:
         _fail("temperature.anneal_epochs", tc.anneal_epochs, "must be >= 0")
     if t.eval_every < 1:
         _fail("train.eval_every", t.eval_every, "must be >= 1")
+    if t.log_every < 0:
+        _fail("train.log_every", t.log_every, "must be >= 0 (0: no progress lines)")
     if t.checkpoint_every < 0:
         _fail("train.checkpoint_every", t.checkpoint_every, "must be >= 0")
     if t.threads < 0:
@@ -438,6 +480,47 @@ def validate_config(cfg: Config, *, check_model: bool = True) -> None:
         _fail("model.sync_bn", True, "SyncBatchNorm runs on CUDA only (torch's limitation)")
     if check_model:
         _validate_model(cfg.model)
+
+
+def _validate_recipe_features(cfg: Config) -> None:
+    """EMA, accumulation, weight-decay groups, augmentations, pretrained weights."""
+    from ..data.augment import AUTO_AUGMENT_POLICIES, AUTO_AUGMENTS
+
+    d, o, e = cfg.data, cfg.optim, cfg.ema
+    if d.auto_augment is not None and d.auto_augment not in AUTO_AUGMENTS:
+        _fail("data.auto_augment", d.auto_augment, f"choose from {', '.join(AUTO_AUGMENTS)} "
+              "or null")
+    if d.auto_augment_policy not in AUTO_AUGMENT_POLICIES:
+        _fail("data.auto_augment_policy", d.auto_augment_policy,
+              f"choose from {', '.join(AUTO_AUGMENT_POLICIES)}")
+    if d.rand_augment_ops < 0:
+        _fail("data.rand_augment_ops", d.rand_augment_ops, "must be >= 0")
+    if not 0 <= d.rand_augment_magnitude <= 30:
+        _fail("data.rand_augment_magnitude", d.rand_augment_magnitude, "must be in [0, 30]")
+    if not 0 <= d.random_erasing <= 1:
+        _fail("data.random_erasing", d.random_erasing, "must be a probability in [0, 1]")
+    for key in ("mixup_alpha", "cutmix_alpha"):
+        if getattr(d, key) < 0:
+            _fail(f"data.{key}", getattr(d, key), "must be >= 0 (0: off)")
+    if (d.auto_augment or d.random_erasing) and not d.augment:
+        _fail("data.augment", False, "data.auto_augment/random_erasing need data.augment: true")
+    if o.accum_steps < 1:
+        _fail("optim.accum_steps", o.accum_steps, "must be >= 1")
+    for key in ("norm_weight_decay", "bias_weight_decay", "attention_weight_decay"):
+        v = getattr(o, key)
+        if v is not None and v < 0:
+            _fail(f"optim.{key}", v, "must be >= 0 or null (null: optim.weight_decay)")
+    if e.decay is not None and not 0 < e.decay < 1:
+        _fail("ema.decay", e.decay, "must be in (0, 1) or null (no EMA)")
+    if e.every < 1:
+        _fail("ema.every", e.every, "must be >= 1")
+    p = cfg.model.pretrained
+    if p is not None and not isinstance(p, bool) and not p:
+        _fail("model.pretrained", p, "use true, a weights file, 'timm:<name>' or null")
+    dpr = cfg.model.kwargs.get("drop_path_rate")
+    if dpr is not None and (isinstance(dpr, bool) or not isinstance(dpr, (int, float))
+                            or not 0 <= dpr < 1):
+        _fail("model.kwargs.drop_path_rate", dpr, "must be in [0, 1)")
 
 
 def resolve_device_type(device: str) -> str:
