@@ -64,7 +64,7 @@ def _corners(x: Tensor, y: Tensor, height: int, width: int):
 
 #: Elements of one chunk's gathered samples (points × output positions × channels):
 #: the forward and the backward take as many kernel points at a time as fit, at least one.
-CHUNK_ELEMENTS = 1 << 22
+CHUNK_ELEMENTS = 1 << 20
 
 
 class _Geometry:
