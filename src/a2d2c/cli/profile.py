@@ -69,7 +69,7 @@ def _fmt_count(n: float, unit: str) -> str:
 
 def main(args: argparse.Namespace) -> int:
     if args.paper:
-        from ..paper_table import paper_rows, render_markdown, render_text
+        from ..paper.table import paper_rows, render_markdown, render_text
 
         rows = paper_rows(tables=args.tables, madds=not args.no_madds, progress=sys.stderr)
         print(render_text(rows))

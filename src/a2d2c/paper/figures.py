@@ -3,14 +3,14 @@
 One :class:`PaperRow` per table row, with the paper's figures transcribed as printed
 (``None`` where the paper gives none) and how this project builds the row (a registered
 model name and overrides; ``model=None`` where the row is not a model we provide, e.g.
-DCNv4 or InternImage). :mod:`a2d2c.paper_table` builds and counts them.
+DCNv4 or InternImage). :mod:`a2d2c.paper.table` builds and counts them.
 
 Build conventions: ImageNet rows are 1000-class models at 224²; CIFAR-100 rows are
 100-class models with the CIFAR stem at 32²; COCO (Table 7) rows are the backbone
 without its classifier, the paper's figure in brackets. ResNet-50 rows use
 ``variant="v1"`` (the paper's static 3.858G is v1). A²D²C ResNet-50 rows use
 ``placement="block"`` (every bottleneck conv): the paper's 89.70M is only reachable that
-way, whereas SPEC §3's ``"all"`` (the 3×3 convs) gives 59.5M.
+way, whereas the ``"all"`` placement (the 3×3 convs) gives 59.5M.
 """
 
 from __future__ import annotations
@@ -46,7 +46,7 @@ def condconv_late(name: str) -> bool:
 
 _V1 = {"variant": "v1"}
 _A2_R50 = {"variant": "v1", "placement": "block"}
-_N_R50 = "placement='block' (every bottleneck conv); SPEC 'all' (3x3 only) gives 59.51M"
+_N_R50 = "placement='block' (every bottleneck conv); placement 'all' (3x3 only) gives 59.51M"
 _HEAD = "A2D2C's attention head is unspecified in the paper; ours: direct (parameter-free)"
 _PLUS = ("MAdds of the plus form actually executed (K convolutions); the paper counts the "
          "kernel form")
