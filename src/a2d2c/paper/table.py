@@ -188,6 +188,12 @@ _WHY = """
 * **MobileNetV2 CondConv and DCD (Table 6)**: their papers' MobileNetV2 placements (CondConv:
   later blocks + classifier; DCD: not fully described) are not reproduced; we put CondConv in
   every conv and DCD in the dense 1x1 convs with its dynamic classifier.
+* **DCNv4 and InternImage (Tables 1, 2, 5)** are built as the smallest official models,
+  FlashInternImage-T (29.82M at 1000 classes) and InternImage-T (29.92M). The paper's
+  12.22M / 27.32M (DCNv4) and 25.39M (InternImage) match no published configuration (the
+  official T/S/B are 30M/50M/97M), so none is invented to fit. Their MAdds count the
+  deformable sampling as InternImage's own FLOPs script does, 5·H·W·P·C per DCN layer
+  (P = 9 points), on top of the convolutions and linear layers.
 * **ViT-Small / Swin-Tiny** are timm's models; timm's ViT-S/16 counts 4.24G (the paper 4.6G).
   The COCO Swin-Tiny backbone (25.23M) is not timm's Swin-T (27.52M without its classifier).
 """
