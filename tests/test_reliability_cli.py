@@ -312,7 +312,10 @@ BAD_ARGS: dict[str, list[list[str]]] = {
                   ["--model", "nosuchmodel", "--image", "/nonexistent.png"]],
     "detect": [["train", "--config", "/nonexistent.yaml"], ["eval", "--checkpoint", "/nope.pt"]],
     "study": [["nosuchstudy"], ["main", "--only", "nosuchvariant"]],
-    "profile": [["nosuchmodel"], ["resnet18", "--conv", "nosuchconv"]],
+    "profile": [["nosuchmodel"], ["resnet18", "--conv", "nosuchconv"],
+                ["resnet18", "--input-size", "3", "0", "0"], []],
+    "configs": [["--show", "nosuchrecipe"]],
+    "models": [["zzznomatch"]],
     "bench": [["--cases", "nosuchcase"], ["--threads", "0"], ["--device", "cuda:99"]],
     "demo": [["--num-kernels", "0"], ["--num-points", "-3"]],
 }

@@ -425,7 +425,7 @@ def _check_model_arguments(cfg: Config) -> None:
     num_classes, in_chans = cfg.data.num_classes or 10, cfg.data.in_chans or 3
     try:
         with torch.device("meta"):
-            build_model(cfg, num_classes, in_chans)
+            build_model(cfg, num_classes, in_chans, pretrained=False)  # no weights read
     except (ValueError, TypeError) as e:
         raise ConfigError(f"model {cfg.model.name!r} with model.kwargs={cfg.model.kwargs}: "
                           f"{e}") from None
