@@ -266,6 +266,7 @@ _CONFIGS: dict[str, dict[str, Any]] = {
 
 def _internimage(
     arch: str,
+    /,
     *,
     num_classes: int = 1000,
     in_chans: int = 3,

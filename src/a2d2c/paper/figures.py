@@ -2,13 +2,8 @@
 
 One :class:`PaperRow` per table row, with the paper's figures transcribed as printed
 (``None`` where the paper gives none) and how this project builds the row (a registered
-<<<<<<< HEAD:src/a2d2c/paper_figures.py
 model name and overrides; ``model=None`` where the row is not a model we provide).
-:mod:`a2d2c.paper_table` builds and counts them.
-=======
-model name and overrides; ``model=None`` where the row is not a model we provide, e.g.
-DCNv4 or InternImage). :mod:`a2d2c.paper.table` builds and counts them.
->>>>>>> main:src/a2d2c/paper/figures.py
+:mod:`a2d2c.paper.table` builds and counts them.
 
 Build conventions: ImageNet rows are 1000-class models at 224²; CIFAR-100 rows are
 100-class models with the CIFAR stem at 32²; COCO (Table 7) rows are the backbone
