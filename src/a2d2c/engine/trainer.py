@@ -468,10 +468,6 @@ def _fit(cfg: Config, ctx: DistContext, resume: str | os.PathLike | None, stop: 
         temp.load_state_dict(ckpt["temperature"])
         if scaler is not None and ckpt.get("scaler"):
             scaler.load_state_dict(ckpt["scaler"])
-        if ema is not None and ckpt.get("ema"):
-            ema.load_state_dict(ckpt["ema"])
-        elif ema is not None:
-            _log(ctx, "note: the checkpoint has no EMA; the average starts now")
         start_epoch, start_step = int(ckpt["epoch"]), int(ckpt["step_in_epoch"])
         global_step = int(ckpt["global_step"])
         best_top1 = ckpt.get("best_top1")
@@ -480,6 +476,11 @@ def _fit(cfg: Config, ctx: DistContext, resume: str | os.PathLike | None, stop: 
         restore_rng_state(rng[ctx.rank] if isinstance(rng, list) else rng)
     else:
         _seed_everything(t.seed + ctx.rank)  # point sampling differs between ranks
+    if ema is not None and ckpt is not None:
+        if ckpt.get("ema"):
+            ema.load_state_dict(ckpt["ema"])
+        else:
+            _log(ctx, "note: the checkpoint has no EMA; the average starts now")
 
     train_model: nn.Module = model
     if ctx.distributed:
