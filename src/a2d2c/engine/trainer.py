@@ -588,16 +588,16 @@ def _fit(cfg: Config, ctx: DistContext, resume: str | os.PathLike | None, stop: 
         }
         last_epoch = epoch + 1 == t.epochs
         if (epoch + 1) % t.eval_every == 0 or last_epoch:
-            # the plain model: DDP's forward is collective, and the shards of the
-            # validation set may hold different numbers of batches
-            val = evaluate(model, val_loader, device=device, amp_dtype=amp_dtype,
-                           channels_last=t.channels_last, progress=t.progress and ctx.is_main)
-            row.update(val_loss=val["loss"], val_top1=val["top1"], val_top5=val["top5"])
             if ema is not None:  # the averaged weights, beside the raw ones
                 ev = evaluate(ema.module, val_loader, device=device, amp_dtype=amp_dtype,
                               channels_last=t.channels_last)
                 row.update(ema_val_loss=ev["loss"], ema_val_top1=ev["top1"],
                            ema_val_top5=ev["top5"])
+            # the plain model: DDP's forward is collective, and the shards of the
+            # validation set may hold different numbers of batches
+            val = evaluate(model, val_loader, device=device, amp_dtype=amp_dtype,
+                           channels_last=t.channels_last, progress=t.progress and ctx.is_main)
+            row.update(val_loss=val["loss"], val_top1=val["top1"], val_top5=val["top5"])
         is_best = "val_top1" in row and (best_top1 is None or row["val_top1"] > best_top1)
         if is_best:
             best_top1 = row["val_top1"]
