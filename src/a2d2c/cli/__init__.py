@@ -44,6 +44,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     from ..allocator import tune_allocator
+    from ..logs import install_cli_handler
+
+    install_cli_handler()  # the library logs to "a2d2c"; the command shows it on stdout
 
     tune_allocator()  # glibc keeps freed blocks (a2d2c.allocator; A2D2C_MALLOC_TUNING=0: off)
     argv = list(sys.argv[1:] if argv is None else argv)
@@ -65,11 +68,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     else:
         args = cmd_parser.parse_args(rest)
     from .._optional import MissingDependencyError
+    from ..engine.config import ConfigError
     from ..resources import ConfigNotFoundError
 
     try:
         return int(module.main(args) or 0)
-    except (MissingDependencyError, ConfigNotFoundError) as e:
+    except (MissingDependencyError, ConfigNotFoundError, ConfigError) as e:
         # one line naming what to install / which recipe names exist, not a traceback
         print(f"a2d2c {name}: error: {e}", file=sys.stderr)
         return 2

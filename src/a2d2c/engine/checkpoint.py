@@ -26,6 +26,8 @@ import pickle
 import random
 import shutil
 import zipfile
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -34,12 +36,17 @@ import torch
 from torch import nn
 
 __all__ = [
+    "WRAPPER_PREFIXES",
     "CheckpointError",
+    "StateMismatch",
     "capture_rng_state",
+    "compare_state",
     "load_checkpoint",
+    "read_weights",
     "restore_rng_state",
     "save_checkpoint",
     "save_safetensors",
+    "strip_prefixes",
     "unwrap_model",
 ]
 
@@ -148,26 +155,11 @@ def load_model_state(model: nn.Module, state: dict[str, Any], *, source: str = "
     if expected_name is not None and name is not None and name != expected_name:
         raise CheckpointError(f"{source} holds weights of model {name!r}, but the config builds "
                               f"{expected_name!r}; use a matching model.name")
-    own = unwrap_model(model).state_dict()
-    theirs = state["model"]
-    missing = sorted(set(own) - set(theirs))
-    unexpected = sorted(set(theirs) - set(own))
-    shapes = sorted(k for k in set(own) & set(theirs) if own[k].shape != theirs[k].shape)
-    if missing or unexpected or shapes:
-        def show(keys: list[str]) -> str:
-            return ", ".join(keys[:4]) + (f" (+{len(keys) - 4} more)" if len(keys) > 4 else "")
-
-        parts = []
-        if missing:
-            parts.append(f"{len(missing)} missing ({show(missing)})")
-        if unexpected:
-            parts.append(f"{len(unexpected)} unexpected ({show(unexpected)})")
-        if shapes:
-            k = shapes[0]
-            parts.append(f"{len(shapes)} with other shapes (e.g. {k}: checkpoint "
-                         f"{tuple(theirs[k].shape)} vs model {tuple(own[k].shape)})")
+    theirs = strip_prefixes(state["model"])
+    diff = compare_state(model, theirs)
+    if not diff.ok:
         raise CheckpointError(f"{source} (model {name!r}) does not fit this model: "
-                              + "; ".join(parts) + " — it was written for another architecture "
+                              f"{diff.describe()} — it was written for another architecture "
                               "or other model options")
     unwrap_model(model).load_state_dict(theirs)
 
@@ -191,3 +183,114 @@ def save_safetensors(model: nn.Module | dict[str, torch.Tensor], path: str | os.
     os.chmod(tmp, 0o644)
     os.replace(tmp, path)
     return path
+
+
+# ------------------------------------------------------- weights: read, clean, compare
+#: wrapper prefixes: DistributedDataParallel (``module.``) and torch.compile (``_orig_mod.``)
+WRAPPER_PREFIXES = ("module.", "_orig_mod.")
+
+
+def strip_prefixes(state: Mapping[str, Any]) -> dict[str, Any]:
+    """``state`` with every leading ``module.`` / ``_orig_mod.`` removed from its keys."""
+    out: dict[str, Any] = {}
+    for key, value in state.items():
+        stripped = True
+        while stripped:
+            stripped = False
+            for prefix in WRAPPER_PREFIXES:
+                if key.startswith(prefix):
+                    key, stripped = key[len(prefix):], True
+        out[key] = value
+    return out
+
+
+def read_weights(path: str | os.PathLike) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+    """``(state_dict, metadata)`` of any weights file, prefixes cleaned.
+
+    Reads this package's training checkpoints (``last.pt``/``best.pt``: the weights are
+    the ``"model"`` entry, the metadata the other entries), released ``.safetensors``
+    (metadata: their JSON header entries, decoded), detection checkpoints, and plain
+    ``torch.save(model.state_dict())`` files or dicts with a ``"state_dict"`` entry.
+    Never unpickles code (``weights_only=True``). Raises :class:`CheckpointError`.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"weights file not found: {path}")
+    meta: dict[str, Any] = {}
+    if path.suffix == ".safetensors":
+        from .._optional import require
+
+        st = require("safetensors.torch", "reading .safetensors")
+        safe_open = require("safetensors", "reading .safetensors").safe_open
+        try:
+            with safe_open(str(path), framework="pt") as f:
+                raw_meta = dict(f.metadata() or {})
+            obj: Any = st.load_file(str(path), device="cpu")
+        except Exception as e:  # safetensors raises its own error types
+            raise CheckpointError(f"{path} is truncated or corrupt: {e}") from None
+        for k, v in raw_meta.items():
+            try:
+                meta[k] = json.loads(v)
+            except ValueError:
+                meta[k] = v
+    else:
+        try:
+            obj = torch.load(path, map_location="cpu", weights_only=True)
+        except Exception as e:  # corrupt file, or pickled code that weights_only refuses
+            raise CheckpointError(f"{path} cannot be read as weights ({type(e).__name__}: "
+                                  f"{str(e).splitlines()[0][:200] if str(e) else ''})"
+                                  ) from None
+        if isinstance(obj, Mapping):
+            for key in ("model", "state_dict"):
+                if isinstance(obj.get(key), Mapping):
+                    meta = {k: v for k, v in obj.items() if k != key}
+                    obj = obj[key]
+                    break
+    if not isinstance(obj, Mapping) or not all(isinstance(v, torch.Tensor)
+                                               for v in obj.values()):
+        raise CheckpointError(f"{path} holds neither a state_dict nor a dict with a 'model' "
+                              "state_dict")
+    return strip_prefixes(obj), meta
+
+
+@dataclass
+class StateMismatch:
+    """How a state_dict differs from a model's: names only one side has, other shapes."""
+
+    missing: list[str] = field(default_factory=list)      # in the model, not the weights
+    unexpected: list[str] = field(default_factory=list)   # in the weights, not the model
+    #: (name, shape in the weights, shape in the model)
+    shapes: list[tuple[str, tuple[int, ...], tuple[int, ...]]] = field(default_factory=list)
+
+    @property
+    def ok(self) -> bool:
+        return not (self.missing or self.unexpected or self.shapes)
+
+    def describe(self, n: int = 4) -> str:
+        def show(keys: list[str]) -> str:
+            return ", ".join(keys[:n]) + (f" (+{len(keys) - n} more)" if len(keys) > n else "")
+
+        parts = []
+        if self.missing:
+            parts.append(f"{len(self.missing)} missing ({show(self.missing)})")
+        if self.unexpected:
+            parts.append(f"{len(self.unexpected)} unexpected ({show(self.unexpected)})")
+        if self.shapes:
+            k, theirs, own = self.shapes[0]
+            parts.append(f"{len(self.shapes)} with other shapes (e.g. {k}: checkpoint "
+                         f"{theirs} vs model {own})")
+        return "; ".join(parts) or "none"
+
+
+def compare_state(model: nn.Module | Mapping[str, torch.Tensor],
+                  state: Mapping[str, torch.Tensor],
+                  ignore: Callable[[str], bool] | None = None) -> StateMismatch:
+    """Compare ``state`` with ``model``'s own state_dict (prefixes of both cleaned)."""
+    own = unwrap_model(model).state_dict() if isinstance(model, nn.Module) else model
+    own, theirs = strip_prefixes(own), strip_prefixes(state)
+    keep = (lambda k: not ignore(k)) if ignore is not None else (lambda k: True)
+    return StateMismatch(
+        missing=sorted(k for k in own if k not in theirs and keep(k)),
+        unexpected=sorted(k for k in theirs if k not in own and keep(k)),
+        shapes=sorted((k, tuple(theirs[k].shape), tuple(own[k].shape)) for k in own
+                      if k in theirs and keep(k) and own[k].shape != theirs[k].shape))

@@ -186,8 +186,10 @@ class TrainConfig:
     eval_every: int = 1
     #: also write a mid-epoch checkpoint every this many steps (0: only at epoch ends)
     checkpoint_every: int = 0
-    #: tqdm bars on rank 0 (only when stderr is a terminal)
+    #: tqdm bars on rank 0 when stderr is a terminal; otherwise (SLURM, nohup, CI) a
+    #: progress line every log_every steps when stdout is not a terminal
     progress: bool = True
+    log_every: int = 50
     tensorboard: bool = False
     #: CPU threads per process (0: leave torch's default)
     threads: int = 0
@@ -452,6 +454,8 @@ def validate_config(cfg: Config, *, check_model: bool = True) -> None:
         _fail("temperature.anneal_epochs", tc.anneal_epochs, "must be >= 0")
     if t.eval_every < 1:
         _fail("train.eval_every", t.eval_every, "must be >= 1")
+    if t.log_every < 0:
+        _fail("train.log_every", t.log_every, "must be >= 0 (0: no progress lines)")
     if t.checkpoint_every < 0:
         _fail("train.checkpoint_every", t.checkpoint_every, "must be >= 0")
     if t.threads < 0:

@@ -16,10 +16,12 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import logging
 import math
 import os
 import random
 import signal
+import sys
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -39,6 +41,7 @@ from .checkpoint import (
     capture_rng_state,
     load_checkpoint,
     load_model_state,
+    read_weights,
     restore_rng_state,
     save_checkpoint,
     save_safetensors,
@@ -71,9 +74,12 @@ __all__ = [
     "evaluate_checkpoint",
     "fit",
     "handle_signals",
+    "load_model",
     "load_weights",
     "train_one_epoch",
 ]
+
+log = logging.getLogger("a2d2c")
 
 AMP_DTYPES = {"none": None, "bf16": torch.bfloat16, "fp16": torch.float16}
 
@@ -348,9 +354,27 @@ def _seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
-def _log(ctx: DistContext, *msg: Any) -> None:
-    if ctx.is_main:
-        print(*msg, flush=True)
+def _isatty() -> bool:
+    try:
+        return sys.stdout.isatty()
+    except (AttributeError, ValueError):  # replaced or closed stdout
+        return False
+
+
+def _progress_line(ctx: DistContext, epoch: int, epochs: int, step: int, steps: int,
+                   stats: list[float], optimizer: torch.optim.Optimizer, t0: float) -> None:
+    """``epoch 2/10 step 150/391: loss 1.234 top-1 55.1% lr 0.0625 (210 img/s)`` (rank 0's
+    running figures for this epoch)."""
+    n = max(stats[2], 1.0)
+    rate = stats[2] / max(time.perf_counter() - t0, 1e-9)
+    _log(ctx, f"epoch {epoch + 1}/{epochs} step {step}/{steps}: loss {stats[0] / n:.4f} "
+         f"top-1 {100 * stats[1] / n:.2f}% lr {optimizer.param_groups[0]['lr']:.4g} "
+         f"({rate:.0f} img/s)")
+
+
+def _log(ctx: DistContext, *msg: Any, level: int = logging.INFO) -> None:
+    if ctx.is_main:  # the "a2d2c" logger: quiet in a library, stdout under the CLI
+        log.log(level, " ".join(str(m) for m in msg))
 
 
 def fit(cfg: Config, *, resume: str | os.PathLike | None = None,
@@ -401,7 +425,8 @@ def _fit(cfg: Config, ctx: DistContext, resume: str | os.PathLike | None, stop: 
          on_step: Callable[[int], None] | None,
          held: contextlib.ExitStack | None = None) -> FitResult:
     from ..data import build_dataset, build_loader, dataset_info
-    from .build import build_model, build_optimizer, lr_factor_fn
+    from .build import build_model, build_optimizer
+    from .schedule import epoch_schedule
 
     t = cfg.train
     if t.threads:
@@ -448,8 +473,7 @@ def _fit(cfg: Config, ctx: DistContext, resume: str | os.PathLike | None, stop: 
            if cfg.ema.decay is not None else None)
 
     optimizer = build_optimizer(model, cfg.optim)
-    lr_scheduler = torch.optim.lr_scheduler.LambdaLR(
-        optimizer, lr_factor_fn(cfg.schedule, t.epochs, steps_per_epoch, cfg.optim.lr))
+    lr_scheduler = epoch_schedule(optimizer, cfg.schedule, t.epochs, steps_per_epoch)
     temp = TemperatureScheduler(model, steps_per_epoch, start=cfg.temperature.start,
                                 end=cfg.temperature.end,
                                 anneal_epochs=cfg.temperature.anneal_epochs)
@@ -462,7 +486,7 @@ def _fit(cfg: Config, ctx: DistContext, resume: str | os.PathLike | None, stop: 
         if ckpt["config"]["data"]["batch_size"] != cfg.data.batch_size or (
                 ckpt.get("world_size", 1) != ctx.world_size and ckpt["step_in_epoch"]):
             _log(ctx, "warning: batch size or world size changed since the checkpoint; "
-                 "the continuation is not exact")
+                 "the continuation is not exact", level=logging.WARNING)
         optimizer.load_state_dict(ckpt["optimizer"])
         lr_scheduler.load_state_dict(ckpt["lr_scheduler"])
         temp.load_state_dict(ckpt["temperature"])
@@ -544,15 +568,22 @@ def _fit(cfg: Config, ctx: DistContext, resume: str | os.PathLike | None, stop: 
 
     final: dict[str, Any] = {}
     epochs_done, status = start_epoch, "completed"
+    # progress lines where a bar cannot draw (stdout redirected: SLURM, nohup, CI)
+    lines_every = t.log_every if (t.progress and ctx.is_main and not _isatty()) else 0
     for epoch in range(start_epoch, t.epochs):
         sampler.set_epoch(epoch)
+        t0_epoch = time.perf_counter()
         first = start_step if epoch == start_epoch else 0
         if first:
             sampler.skip(first * per_rank_bs)
 
-        def step_hook(step: int, stats: list[float], _epoch: int = epoch) -> None:
+        def step_hook(step: int, stats: list[float], _epoch: int = epoch,
+                      _t0: float = t0_epoch) -> None:
             nonlocal global_step
             global_step += 1
+            if lines_every and step % lines_every == 0:
+                _progress_line(ctx, _epoch, t.epochs, step, steps_per_epoch, stats,
+                               optimizer, _t0)
             if t.checkpoint_every and global_step % t.checkpoint_every == 0 and (
                     step < steps_per_epoch):
                 totals = reduced(stats)
@@ -651,28 +682,38 @@ def load_weights(path: str | os.PathLike) -> tuple[dict[str, Any], Config]:
     """Weights and config of a training checkpoint (``.pt``) or released ``.safetensors``."""
     path = Path(path)
     if path.suffix == ".safetensors":
-        import json
-
-        if not path.is_file():
-            raise CheckpointError(f"weights file not found: {path}")
-        try:
-            from safetensors import safe_open
-            from safetensors.torch import load_file
-        except ImportError as e:
-            raise CheckpointError("reading .safetensors needs the safetensors package") from e
-        try:
-            with safe_open(str(path), framework="pt") as f:
-                meta = f.metadata() or {}
-            tensors = load_file(str(path))
-        except Exception as e:  # safetensors raises its own error types
-            raise CheckpointError(f"{path} is truncated or corrupt: {e}") from None
-        if "config" not in meta:
+        tensors, meta = read_weights(path)
+        if not isinstance(meta.get("config"), dict):
             raise CheckpointError(f"{path} has no a2d2c config metadata")
         state = {"format": FORMAT, "model": tensors, "model_name": meta.get("model_name"),
-                 "metrics": {"val_top1": json.loads(meta.get("val_top1", "null"))}}
-        return state, config_from_dict(json.loads(meta["config"]))
+                 "num_classes": meta.get("num_classes"), "in_chans": meta.get("in_chans"),
+                 "metrics": {"val_top1": meta.get("val_top1")}}
+        return state, config_from_dict(meta["config"])
     state = load_checkpoint(path)
     return state, config_from_checkpoint(state)
+
+
+def load_model(checkpoint: str | os.PathLike) -> nn.Module:
+    """Rebuild a trained classifier from its checkpoint alone, in eval mode on the CPU.
+
+    ``checkpoint`` is a training checkpoint (``last.pt``/``best.pt``) or the released
+    ``model.safetensors``: the registry name, its options, the number of classes and input
+    channels are read from it — no recipe, no dataset needed::
+
+        model = a2d2c.load_model("runs/x/best.pt")
+        probs = model(images).softmax(-1)
+    """
+    from .build import build_model
+
+    state, cfg = load_weights(checkpoint)
+    num_classes, in_chans = state.get("num_classes"), state.get("in_chans")
+    if num_classes is None or in_chans is None:
+        raise CheckpointError(f"{checkpoint} does not record num_classes/in_chans; rebuild the "
+                              "model with a2d2c.create_model and load_model_state")
+    model = build_model(cfg, int(num_classes), int(in_chans))
+    load_model_state(model, state, source=f"checkpoint {checkpoint}",
+                     expected_name=cfg.model.name)
+    return model.eval()
 
 
 def evaluate_checkpoint(path: str | os.PathLike, overrides: dict[str, Any] | None = None

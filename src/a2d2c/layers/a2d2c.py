@@ -54,7 +54,7 @@ __all__ = ["COST_CONSTANTS", "HEADS", "IMPLS", "SAMPLINGS", "A2D2Conv2d", "estim
 SAMPLINGS = ("random", "fixed", "global")
 EVAL_SAMPLINGS = ("global", "fixed")
 HEADS = ("direct", "mlp")
-IMPLS = ("auto", "kernel", "unfold", "plus")
+IMPLS = ("auto", "kernel", "unfold", "plus", "triton")
 
 
 class A2D2Conv2d(TemperatureMixin, DynamicConvBase):
@@ -76,7 +76,9 @@ class A2D2Conv2d(TemperatureMixin, DynamicConvBase):
         reduction: ``r`` of the ``"mlp"`` head.
         temperature: initial softmax temperature ``τ`` (a buffer; see
             :class:`a2d2c.TemperatureScheduler`).
-        impl: ``"kernel"`` (A²D²C), ``"plus"`` (A²D²C+) or ``"auto"``.
+        impl: ``"kernel"`` (A²D²C), ``"unfold"`` (the same, by im2col + GEMM),
+            ``"plus"`` (A²D²C+), ``"triton"`` (the kernel form as fused Triton kernels,
+            CUDA only; see :func:`a2d2c.ops.mixed_conv2d`) or ``"auto"``.
         fixed_seed: seed of the ``"fixed"`` point sets (the same in every process).
 
     Shape:

@@ -37,11 +37,15 @@ from torch import Tensor
 __all__ = ["triton_backward", "triton_forward"]
 
 _INTERPRET = os.environ.get("TRITON_INTERPRET", "0") not in ("", "0")
+# A2D2C_TRITON_AUTOTUNE=0: one config per kernel (the GPU tests: no tuning time per shape)
+_AUTOTUNE = os.environ.get("A2D2C_TRITON_AUTOTUNE", "1") != "0"
 
 
 def _configs(gpu: list[tuple[int, int, int, int]]) -> list[triton.Config]:
     if _INTERPRET:
         return [triton.Config({"BLOCK_M": 16, "BLOCK_N": 16, "BLOCK_K": 16}, num_warps=1)]
+    if not _AUTOTUNE:
+        gpu = gpu[:1]
     return [triton.Config({"BLOCK_M": m, "BLOCK_N": n, "BLOCK_K": k}, num_warps=w)
             for m, n, k, w in gpu]
 

@@ -501,6 +501,27 @@ def _mix_bias(bias: Tensor | None, coeff: MixedCoeff, batch: int, num_kernels: i
                      f"{out_channels}), (B, O, 1, 1) or (O,), got {shape}")
 
 
+def auto_impl(x_shape: Sequence[int], weight_shape: Sequence[int], coeff_per_tap: bool, *,
+              training: bool, device_type: str, stride: Sequence[int] = (1, 1),
+              padding: Sequence[int] = (0, 0), dilation: Sequence[int] = (1, 1),
+              groups: int = 1, tracing: bool = False) -> str:
+    """The path ``impl="auto"`` takes for these shapes (the cheapest modelled exact one).
+
+    ``tracing`` leaves out ``"kernel"``, whose number of groups is the batch size, so that
+    one traced graph serves every batch size.
+    """
+    b, c, h, w = x_shape[0], int(x_shape[1]), int(x_shape[2]), int(x_shape[3])
+    k, o = int(weight_shape[0]), int(weight_shape[1])
+    ksize = (int(weight_shape[3]), int(weight_shape[4]))
+    ho, wo = _out_size((h, w), ksize, stride, padding, dilation)
+    candidates = exact_impls(coeff_per_tap)
+    if tracing:
+        candidates = tuple(i for i in candidates if i != "kernel")
+    return choose_impl(batch=None if tracing else int(b), in_channels=c, out_channels=o,
+                       kernel_size=ksize, groups=groups, output_size=(ho, wo), num_kernels=k,
+                       training=training, device_type=device_type, candidates=candidates)
+
+
 def exact_impls(coeff_per_tap: bool) -> tuple[str, ...]:
     """The exact CPU/torch paths for coefficients that do (not) depend on the tap."""
     return ("kernel", "unfold") if coeff_per_tap else ("kernel", "unfold", "plus")
@@ -563,12 +584,9 @@ def mixed_conv2d(
         grads = torch.is_grad_enabled() and any(
             t is not None and t.requires_grad for t in (x, weight, coeff, in_scale, out_scale,
                                                         bias))
-        ho, wo = _out_size((h, w), ksize, stride, padding, dilation)
-        impl = choose_impl(
-            batch=None if tracing else b, in_channels=c, out_channels=o, kernel_size=ksize,
-            groups=groups, output_size=(ho, wo), num_kernels=k, training=grads,
-            device_type=x.device.type, candidates=exact_impls(cf.per_tap)
-            if not tracing else tuple(i for i in exact_impls(cf.per_tap) if i != "kernel"))
+        impl = auto_impl(x.shape, weight.shape, cf.per_tap, training=grads,
+                         device_type=x.device.type, stride=stride, padding=padding,
+                         dilation=dilation, groups=groups, tracing=tracing)
     cdt = compute_dtype(x)
     if impl == "plus":
         if cf.per_tap:

@@ -239,7 +239,7 @@ def run_study(
     seeds: Iterable[int] | None = None,
     extra: Iterable[str] = (),
     train_fn: Callable[[Any], dict[str, Any]] | None = None,
-    log: Callable[[str], None] = print,
+    log: Callable[[str], None] | None = None,
 ) -> list[RunRecord]:
     """Run every missing (variant, seed) of ``spec``; return all records found.
 
@@ -247,6 +247,11 @@ def run_study(
     ``--key value`` overrides applied to every run (e.g. ``--train.device=cuda``).
     """
     from ..engine import NonFiniteLossError, load_config
+
+    if log is None:  # the "a2d2c" logger (stdout under the CLI, quiet as a library)
+        import logging
+
+        log = logging.getLogger("a2d2c").info
 
     labels = list(spec.variants) if only is None else list(only)
     bad = [v for v in labels if v not in spec.variants]
