@@ -710,7 +710,7 @@ def load_model(checkpoint: str | os.PathLike) -> nn.Module:
     if num_classes is None or in_chans is None:
         raise CheckpointError(f"{checkpoint} does not record num_classes/in_chans; rebuild the "
                               "model with a2d2c.create_model and load_model_state")
-    model = build_model(cfg, int(num_classes), int(in_chans))
+    model = build_model(cfg, int(num_classes), int(in_chans), pretrained=False)
     load_model_state(model, state, source=f"checkpoint {checkpoint}",
                      expected_name=cfg.model.name)
     return model.eval()
