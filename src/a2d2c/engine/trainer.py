@@ -212,7 +212,7 @@ def train_one_epoch(
     bar = None
     tqdm = _tqdm() if progress else None
     if tqdm is not None:
-        bar = tqdm(total=start_step + len(loader), initial=start_step, leave=False,
+        bar = tqdm(total=start_step + len(loader) // accum_steps, initial=start_step, leave=False,
                    desc=f"epoch {epoch + 1}", dynamic_ncols=True, disable=None)
     autocast = torch.autocast(device.type, dtype=amp_dtype or torch.float32,
                               enabled=amp_dtype is not None)
