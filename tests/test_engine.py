@@ -305,7 +305,7 @@ def test_cli_eval_reports_the_recorded_accuracy(tmp_path, capsys):
                      "--train.progress", "false"]) == 0
     out = capsys.readouterr().out
     assert f"top-1 {recorded:.2f}%" in out and "recorded at training time" in out
-    assert cli_main(["eval", "--checkpoint", str(tmp_path / "none.pt")]) == 1
+    assert cli_main(["eval", "--checkpoint", str(tmp_path / "none.pt")]) == 2
     assert "checkpoint not found" in capsys.readouterr().err
 
 
@@ -338,7 +338,7 @@ def test_gradient_clipping_bounds_the_update():
 def test_cli_missing_data_and_checkpoint_are_clear_errors(tmp_path, capsys):
     missing = str(tmp_path / "nowhere")
     assert cli_main(["train", "--data.name", "cifar100", "--data.root", missing,
-                     "--train.output_dir", str(tmp_path / "out")]) == 1
+                     "--train.output_dir", str(tmp_path / "out")]) == 2
     err = capsys.readouterr().err
     assert "CIFAR-100 not found" in err and "nowhere/cifar-100-python" in err
     assert not (tmp_path / "out").exists()  # nothing built, nothing written

@@ -183,7 +183,7 @@ def test_published_parameter_counts(name, overrides, millions):
 
 def test_condconv_81m_reconstruction():
     # SPEC §3: "CondConv 8x ResNet-18 is quoted as 81.35M ... state which convs".
-    from a2d2c.paper_figures import condconv_late
+    from a2d2c.paper.figures import condconv_late
 
     m = build_meta("resnet18_condconv", placement=condconv_late, classifier="dynamic")
     assert m.dynamic_convs == ["layer3.1.conv1", "layer3.1.conv2", "layer4.0.conv1",

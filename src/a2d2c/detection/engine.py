@@ -338,7 +338,7 @@ def _train(config: DetectionConfig, ctx: DistContext, *, resume: str | None,
     temperature = build_temperature(model, config, steps_per_epoch)
     start_epoch = 0
     if resume:
-        state = load_checkpoint(resume)
+        state = load_checkpoint(resume, require=("model", "optimizer", "lr_scheduler", "epoch"))
         if state.get("model_name") != f"maskrcnn_fpn:{config.model.backbone}":
             raise ValueError(f"cannot resume from {resume}: it holds {state.get('model_name')!r}, "
                              f"the config builds maskrcnn_fpn:{config.model.backbone}")

@@ -22,6 +22,7 @@ import copy
 import dataclasses
 import difflib
 import itertools
+import math
 import os
 import types
 import typing
@@ -220,7 +221,12 @@ def _merge(base: dict[str, Any], update: Mapping[str, Any]) -> dict[str, Any]:
 def load_yaml_recipe(path: str | os.PathLike, _seen: tuple[Path, ...] = ()) -> dict[str, Any]:
     """Read a YAML recipe, resolving ``_base_`` includes (relative to the file)."""
     path = Path(path)
-    if not path.is_file():
+    try:
+        found = path.is_file()
+    except OSError as e:  # e.g. a name too long for the file system
+        raise ConfigError(f"config file {str(path)[:200]!r} cannot be opened: "
+                          f"{e.strerror or e}") from None
+    if not found:
         raise ConfigError(f"config file not found: {path}")
     if path.resolve() in _seen:
         raise ConfigError(f"circular _base_ include: {' -> '.join(map(str, _seen))} -> {path}")
@@ -228,10 +234,15 @@ def load_yaml_recipe(path: str | os.PathLike, _seen: tuple[Path, ...] = ()) -> d
         data = yaml.safe_load(path.read_text()) or {}
     except yaml.YAMLError as e:
         raise ConfigError(f"{path} is not valid YAML: {e}") from None
+    except (OSError, UnicodeDecodeError) as e:
+        raise ConfigError(f"config file {path} cannot be read: {e}") from None
     if not isinstance(data, dict):
         raise ConfigError(f"{path} must hold a mapping at the top level, got {type(data).__name__}")
     bases = data.pop("_base_", [])
     bases = [bases] if isinstance(bases, str) else bases
+    if not isinstance(bases, list) or not all(isinstance(b, str) for b in bases):
+        raise ConfigError(f"{path}: _base_ must be a file name or a list of file names, "
+                          f"got {bases!r}")
     merged: dict[str, Any] = {}
     for b in bases:
         merged = _merge(merged, load_yaml_recipe(path.parent / b, (*_seen, path.resolve())))
@@ -322,7 +333,7 @@ def _build(cls: type, data: Mapping[str, Any], prefix: str) -> Any:
     for key, value in data.items():
         dotted = f"{prefix}{key}"
         if key not in names:
-            close = difflib.get_close_matches(key, names, n=3)
+            close = difflib.get_close_matches(str(key), names, n=3)  # YAML keys may be ints
             hint = f"; did you mean {' or '.join(prefix + c for c in close)}?" if close else ""
             raise ConfigError(f"unknown config key {dotted!r}{hint} (valid in "
                               f"{prefix[:-1] or 'the top level'}: {', '.join(names)})")
@@ -448,9 +459,9 @@ def validate_config(cfg: Config, *, check_model: bool = True) -> None:
     if not 0 <= s.min_lr < o.lr:
         _fail("schedule.min_lr", s.min_lr, f"must be in [0, optim.lr={o.lr})")
     tc = cfg.temperature
-    if not (tc.start > 0 and tc.end > 0):
-        _fail("temperature.start/end", (tc.start, tc.end), "must both be > 0")
-    if tc.anneal_epochs < 0:
+    if not (0 < tc.start < math.inf and 0 < tc.end < math.inf):
+        _fail("temperature.start/end", (tc.start, tc.end), "must both be finite and > 0")
+    if not 0 <= tc.anneal_epochs < math.inf:
         _fail("temperature.anneal_epochs", tc.anneal_epochs, "must be >= 0")
     if t.eval_every < 1:
         _fail("train.eval_every", t.eval_every, "must be >= 1")

@@ -37,6 +37,8 @@ from torch import nn
 from ..temperature import TemperatureScheduler, get_temperature
 from .checkpoint import (
     FORMAT,
+    RESUME_KEYS,
+    WEIGHTS_KEYS,
     CheckpointError,
     capture_rng_state,
     load_checkpoint,
@@ -379,10 +381,13 @@ def _log(ctx: DistContext, *msg: Any, level: int = logging.INFO) -> None:
 
 def fit(cfg: Config, *, resume: str | os.PathLike | None = None,
         stop: StopRequest | None = None,
-        on_step: Callable[[int], None] | None = None) -> FitResult:
+        on_step: Callable[[int], None] | None = None,
+        allow_changed_model: bool = False) -> FitResult:
     """Train ``cfg`` to the end (or until stopped), evaluating and checkpointing.
 
-    ``resume`` continues from a checkpoint (its model must match ``cfg.model``);
+    ``resume`` continues from a checkpoint (its model must match ``cfg.model``: name
+    and every option in ``model.kwargs``; ``allow_changed_model=True`` accepts other
+    options when the weights still fit, e.g. a deliberate change of ``num_points``);
     ``stop`` can be set from outside (signals are wired to it by
     :func:`handle_signals`); ``on_step(global_step)`` runs after every step.
     Only global rank 0 writes: ``config.yaml``, ``last.pt``/``best.pt`` (+ ``.prev``),
@@ -399,7 +404,7 @@ def fit(cfg: Config, *, resume: str | os.PathLike | None = None,
             cfg.train.output_dir = _new_run_dir(cfg, ctx)
         try:
             with contextlib.ExitStack() as held:  # the run folder's lock, until the end
-                return _fit(cfg, ctx, resume, stop, on_step, held)
+                return _fit(cfg, ctx, resume, stop, on_step, held, allow_changed_model)
         except BaseException:
             if auto and ctx.is_main:  # failed before writing anything: leave no empty folder
                 with contextlib.suppress(OSError):
@@ -409,6 +414,47 @@ def fit(cfg: Config, *, resume: str | os.PathLike | None = None,
     finally:
         torch.set_num_threads(threads)
         cleanup_distributed(ctx)
+
+
+def _check_model_arguments(cfg: Config) -> None:
+    """Build the model on the ``meta`` device (no memory, no data): invalid model
+    arguments (``num_kernels=0``, a misspelt conv option) raise :class:`ConfigError` here."""
+    from .build import build_model
+    from .config import ConfigError
+
+    num_classes, in_chans = cfg.data.num_classes or 10, cfg.data.in_chans or 3
+    try:
+        with torch.device("meta"):
+            build_model(cfg, num_classes, in_chans, pretrained=False)  # no weights read
+    except (ValueError, TypeError) as e:
+        raise ConfigError(f"model {cfg.model.name!r} with model.kwargs={cfg.model.kwargs}: "
+                          f"{e}") from None
+    except Exception:  # a model that cannot be built on meta is built (and checked) later
+        pass
+
+
+def _changed_options(old: Any, new: Any, prefix: str) -> list[str]:
+    """``"key: old -> new"`` for every leaf where two nested option dicts differ."""
+    if isinstance(old, dict) and isinstance(new, dict):
+        return [c for k in sorted(set(old) | set(new), key=str)
+                for c in _changed_options(old.get(k, "<unset>"), new.get(k, "<unset>"),
+                                          f"{prefix}.{k}")]
+    return [] if old == new else [f"{prefix}: {old!r} -> {new!r}"]
+
+
+def _check_resume_options(resume: str | os.PathLike, ckpt: dict[str, Any], cfg: Config,
+                          allow_changed: bool) -> None:
+    """A resumed run must train the model the checkpoint trained, also where the weights
+    would fit (a changed ``--model.kwargs.conv_kwargs.num_points`` was accepted silently)."""
+    old = (ckpt["config"].get("model") or {}).get("kwargs") or {}
+    changed = _changed_options(old, config_to_dict(cfg)["model"]["kwargs"], "model.kwargs")
+    if changed and not allow_changed:
+        shown = "; ".join(changed[:3]) + (f" (+{len(changed) - 3} more)" if len(changed) > 3
+                                          else "")
+        raise CheckpointError(
+            f"--resume {resume}: the model options differ from the checkpoint's ({shown}); "
+            "drop those overrides to continue the same run, or pass --resume-allow-changed "
+            "to continue with the changed model")
 
 
 def _new_run_dir(cfg: Config, ctx: DistContext) -> str:
@@ -423,7 +469,8 @@ def _new_run_dir(cfg: Config, ctx: DistContext) -> str:
 
 def _fit(cfg: Config, ctx: DistContext, resume: str | os.PathLike | None, stop: StopRequest,
          on_step: Callable[[int], None] | None,
-         held: contextlib.ExitStack | None = None) -> FitResult:
+         held: contextlib.ExitStack | None = None,
+         allow_changed_model: bool = False) -> FitResult:
     from ..data import build_dataset, build_loader, dataset_info
     from .build import build_model, build_optimizer
     from .schedule import epoch_schedule
@@ -432,10 +479,11 @@ def _fit(cfg: Config, ctx: DistContext, resume: str | os.PathLike | None, stop: 
     if t.threads:
         torch.set_num_threads(t.threads)
     device = ctx.device
+    _check_model_arguments(cfg)  # bad model options fail before any data is looked at
     info = dataset_info(cfg.data)  # fails on missing data before anything is built
     ckpt = None
     if resume is not None:
-        ckpt = load_checkpoint(resume, map_location="cpu")
+        ckpt = load_checkpoint(resume, map_location="cpu", require=RESUME_KEYS)
         if ckpt.get("model_name") != cfg.model.name:
             raise CheckpointError(f"--resume {resume}: the checkpoint is for model "
                                   f"{ckpt.get('model_name')!r}, the config builds "
@@ -445,6 +493,7 @@ def _fit(cfg: Config, ctx: DistContext, resume: str | os.PathLike | None, stop: 
     model = build_model(cfg, info.num_classes, info.in_chans, pretrained=ckpt is None)
     if ckpt is not None:
         load_model_state(model, ckpt, source=f"checkpoint {resume}")
+        _check_resume_options(resume, ckpt, cfg, allow_changed_model)  # weights fit: options?
     model.to(device)
     if t.channels_last:
         to_channels_last(model)
@@ -483,28 +532,33 @@ def _fit(cfg: Config, ctx: DistContext, resume: str | os.PathLike | None, stop: 
     start_epoch, start_step, global_step, best_top1 = 0, 0, 0, None
     epoch_stats: list[float] | None = None
     if ckpt is not None:
-        if ckpt["config"]["data"]["batch_size"] != cfg.data.batch_size or (
+        if (ckpt["config"].get("data") or {}).get("batch_size") != cfg.data.batch_size or (
                 ckpt.get("world_size", 1) != ctx.world_size and ckpt["step_in_epoch"]):
             _log(ctx, "warning: batch size or world size changed since the checkpoint; "
                  "the continuation is not exact", level=logging.WARNING)
-        optimizer.load_state_dict(ckpt["optimizer"])
-        lr_scheduler.load_state_dict(ckpt["lr_scheduler"])
-        temp.load_state_dict(ckpt["temperature"])
-        if scaler is not None and ckpt.get("scaler"):
-            scaler.load_state_dict(ckpt["scaler"])
+        try:
+            optimizer.load_state_dict(ckpt["optimizer"])
+            lr_scheduler.load_state_dict(ckpt["lr_scheduler"])
+            temp.load_state_dict(ckpt["temperature"])
+            if scaler is not None and ckpt.get("scaler"):
+                scaler.load_state_dict(ckpt["scaler"])
+            if ema is not None and ckpt.get("ema"):
+                ema.load_state_dict(ckpt["ema"])
+            elif ema is not None:
+                _log(ctx, "note: the checkpoint has no EMA; the average starts now")
+            rng = ckpt["rng"]
+            restore_rng_state(rng[ctx.rank] if isinstance(rng, list) else rng)
+        except (KeyError, IndexError, TypeError, ValueError, RuntimeError) as e:
+            raise CheckpointError(
+                f"--resume {resume}: its optimizer / schedule / RNG state does not fit this "
+                f"run ({type(e).__name__}: {str(e).strip()[:200] or 'malformed entry'}); the "
+                "checkpoint is corrupt or from another model or optimizer") from None
         start_epoch, start_step = int(ckpt["epoch"]), int(ckpt["step_in_epoch"])
         global_step = int(ckpt["global_step"])
         best_top1 = ckpt.get("best_top1")
         epoch_stats = ckpt.get("epoch_stats") if start_step else None
-        rng = ckpt["rng"]
-        restore_rng_state(rng[ctx.rank] if isinstance(rng, list) else rng)
     else:
         _seed_everything(t.seed + ctx.rank)  # point sampling differs between ranks
-    if ema is not None and ckpt is not None:
-        if ckpt.get("ema"):
-            ema.load_state_dict(ckpt["ema"])
-        else:
-            _log(ctx, "note: the checkpoint has no EMA; the average starts now")
 
     train_model: nn.Module = model
     if ctx.distributed:
@@ -619,16 +673,16 @@ def _fit(cfg: Config, ctx: DistContext, resume: str | os.PathLike | None, stop: 
         }
         last_epoch = epoch + 1 == t.epochs
         if (epoch + 1) % t.eval_every == 0 or last_epoch:
-            if ema is not None:  # the averaged weights, beside the raw ones
-                ev = evaluate(ema.module, val_loader, device=device, amp_dtype=amp_dtype,
-                              channels_last=t.channels_last)
-                row.update(ema_val_loss=ev["loss"], ema_val_top1=ev["top1"],
-                           ema_val_top5=ev["top5"])
             # the plain model: DDP's forward is collective, and the shards of the
             # validation set may hold different numbers of batches
             val = evaluate(model, val_loader, device=device, amp_dtype=amp_dtype,
                            channels_last=t.channels_last, progress=t.progress and ctx.is_main)
             row.update(val_loss=val["loss"], val_top1=val["top1"], val_top5=val["top5"])
+            if ema is not None:  # the averaged weights, beside the raw ones
+                ev = evaluate(ema.module, val_loader, device=device, amp_dtype=amp_dtype,
+                              channels_last=t.channels_last)
+                row.update(ema_val_loss=ev["loss"], ema_val_top1=ev["top1"],
+                           ema_val_top5=ev["top5"])
         is_best = "val_top1" in row and (best_top1 is None or row["val_top1"] > best_top1)
         if is_best:
             best_top1 = row["val_top1"]
@@ -689,7 +743,7 @@ def load_weights(path: str | os.PathLike) -> tuple[dict[str, Any], Config]:
                  "num_classes": meta.get("num_classes"), "in_chans": meta.get("in_chans"),
                  "metrics": {"val_top1": meta.get("val_top1")}}
         return state, config_from_dict(meta["config"])
-    state = load_checkpoint(path)
+    state = load_checkpoint(path, require=WEIGHTS_KEYS)
     return state, config_from_checkpoint(state)
 
 

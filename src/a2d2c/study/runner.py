@@ -26,6 +26,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import re
 import time
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
@@ -103,6 +104,18 @@ def list_studies(root: str | os.PathLike | None = None) -> list[str]:
     return sorted(p.stem for p in d.glob("*.yaml")) if d.is_dir() else []
 
 
+_LABEL = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.+=-]{0,99}")
+
+
+def _check_label(label: Any, path: Path) -> None:
+    """A variant label becomes a file and folder name under ``--results``/``--runs``:
+    letters, digits and ``_ . + = -`` only (no ``/``, no ``..``), so it cannot escape."""
+    if not isinstance(label, str) or not _LABEL.fullmatch(label) or ".." in label:
+        raise StudyError(f"{path}: variant label {label!r} is not allowed: use letters, "
+                         "digits and _ . + = - (at most 100, starting with a letter or "
+                         "digit, no '..'), since it names files under --results and --runs")
+
+
 def load_study(name_or_path: str | os.PathLike,
                root: str | os.PathLike | None = None) -> StudySpec:
     """Read a study by name (a shipped study, or one in ``root``) or by path."""
@@ -141,6 +154,7 @@ def load_study(name_or_path: str | os.PathLike,
     if not isinstance(variants, dict) or not variants:
         raise StudyError(f"{path}: 'variants' must be a non-empty mapping label -> overrides")
     for label, ov in variants.items():
+        _check_label(label, path)
         if not isinstance(ov, dict):
             raise StudyError(f"{path}: variant {label!r} must map to a dict of overrides, "
                              f"got {ov!r}")
