@@ -198,11 +198,13 @@ def test_timm_source(monkeypatch):
 
 
 @pytest.mark.parametrize("name", ["resnet18_dcd", "resnet18_condconv", "mobilenetv2_050",
-                                  "resnet18_a2d2c", "vit_small"])
+                                  "resnet18_a2d2c", "vit_small", "flash_internimage_t"])
 def test_reset_classifier_on_every_family(name):
     if name == "vit_small":
         pytest.importorskip("timm")
-    kw = {} if name == "vit_small" else {"width_mult": 0.25}
+    kw = {"vit_small": {},
+          "flash_internimage_t": {"width_mult": 0.25, "depths": (1, 1, 1, 1)}}.get(
+        name, {"width_mult": 0.25})
     m = a2d2c.create_model(name, num_classes=5, stem="cifar", **kw)
     kind = type(m.get_classifier())
     m.reset_classifier(3)

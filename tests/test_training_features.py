@@ -281,6 +281,7 @@ def test_train_with_every_feature_resumes_bitwise_and_eval_reports_ema(tmp_path,
     assert part.status == "interrupted" and part.global_step == 1
     ck = load_checkpoint(tmp_path / "split" / "last.pt")
     assert (ck["epoch"], ck["step_in_epoch"]) == (0, 1) and ck["ema"] is not None
+    (tmp_path / "static.pth").unlink()  # resuming, evaluating, loading: the checkpoint's weights
     assert cli_main(["train", "--resume", str(tmp_path / "split" / "last.pt")]) == 0
     a, b = (load_checkpoint(tmp_path / d / "last.pt") for d in ("full", "split"))
     assert a["global_step"] == b["global_step"] == 4  # 2 epochs × 4 batches / accum 2
@@ -297,3 +298,20 @@ def test_train_with_every_feature_resumes_bitwise_and_eval_reports_ema(tmp_path,
     out = capsys.readouterr().out
     assert f"top-1 {a['metrics']['val_top1']:.2f}%" in out
     assert f"EMA weights: top-1 {a['metrics']['ema_val_top1']:.2f}%" in out
+    model = a2d2c.load_model(tmp_path / "full" / "last.pt")
+    assert torch.equal(model.state_dict()["fc.weight"], a["model"]["fc.weight"])
+
+
+def test_augmented_batches_do_not_depend_on_the_worker_processes():
+    from a2d2c.data import build_loader
+
+    cfg = DataConfig(name="synthetic", img_size=8, train_samples=16, num_classes=4,
+                     batch_size=4, auto_augment="trivialaugment", random_erasing=0.5)
+    ds = build_dataset("synthetic", "train", cfg)
+    batches = []
+    for workers in (0, 2):
+        cfg.workers = workers
+        loader = build_loader(ds, cfg, train=True, seed=3)
+        loader.sampler.set_epoch(1)
+        batches.append(torch.cat([x for x, _ in loader]))
+    assert torch.equal(batches[0], batches[1])

@@ -214,7 +214,7 @@ def train_one_epoch(
     bar = None
     tqdm = _tqdm() if progress else None
     if tqdm is not None:
-        bar = tqdm(total=start_step + len(loader), initial=start_step, leave=False,
+        bar = tqdm(total=start_step + len(loader) // accum_steps, initial=start_step, leave=False,
                    desc=f"epoch {epoch + 1}", dynamic_ncols=True, disable=None)
     autocast = torch.autocast(device.type, dtype=amp_dtype or torch.float32,
                               enabled=amp_dtype is not None)
@@ -764,7 +764,7 @@ def load_model(checkpoint: str | os.PathLike) -> nn.Module:
     if num_classes is None or in_chans is None:
         raise CheckpointError(f"{checkpoint} does not record num_classes/in_chans; rebuild the "
                               "model with a2d2c.create_model and load_model_state")
-    model = build_model(cfg, int(num_classes), int(in_chans))
+    model = build_model(cfg, int(num_classes), int(in_chans), pretrained=False)
     load_model_state(model, state, source=f"checkpoint {checkpoint}",
                      expected_name=cfg.model.name)
     return model.eval()

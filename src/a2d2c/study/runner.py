@@ -225,7 +225,7 @@ def _profile(cfg: Any) -> tuple[int, int | None, str]:
     from ..profiling import count_madds, count_params
 
     info = dataset_info(cfg.data)
-    model = build_model(cfg, info.num_classes, info.in_chans)
+    model = build_model(cfg, info.num_classes, info.in_chans, pretrained=False)
     report = count_madds(model, (info.in_chans, info.img_size, info.img_size))
     return count_params(model), int(report.madds), report.summary()
 
