@@ -6,8 +6,8 @@ import json
 from pathlib import Path
 
 import pytest
-from _engine_helpers import tiny_config
 
+from _engine_helpers import tiny_config
 from a2d2c.cli import main
 from a2d2c.engine import fit
 
