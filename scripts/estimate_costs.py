@@ -1,4 +1,4 @@
-"""Estimated GPU cost of every paper-scale recipe (configs/cifar100, configs/imagenet).
+"""Estimated GPU cost of every paper-scale recipe (a2d2c/configs/cifar100, a2d2c/configs/imagenet).
 
 An estimate from first principles, not a measurement:
 
@@ -152,8 +152,8 @@ def main(argv: list[str] | None = None) -> int:
         if args.markdown:
             Path(args.markdown).write_text(text)
         return 0
-    paths = sorted((ROOT / "configs").glob("cifar100/*.yaml")) + sorted(
-        (ROOT / "configs").glob("imagenet/*.yaml"))
+    paths = sorted((ROOT / "src" / "a2d2c" / "configs").glob("cifar100/*.yaml")) + sorted(
+        (ROOT / "src" / "a2d2c" / "configs").glob("imagenet/*.yaml"))
     paths = sorted(paths, key=lambda q: (table_of(q.name), q.name))
     if args.tables:
         paths = [q for q in paths if table_of(q.name) in args.tables]

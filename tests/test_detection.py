@@ -34,9 +34,10 @@ from a2d2c.detection import (
     to_coco_results,
 )
 from a2d2c.detection.profile import count_detector, detector_params
+from a2d2c.resources import configs_root
 
 ROOT = Path(__file__).resolve().parents[1]
-TINY_CONFIG = ROOT / "configs" / "detection" / "maskrcnn_shapes_tiny.yaml"
+TINY_CONFIG = configs_root() / "detection" / "maskrcnn_shapes_tiny.yaml"
 TINY = dict(width_mult=0.25, min_size=96, max_size=96, fpn_channels=16, box_head_dim=32,
             mask_head_dim=16, detector_kwargs=dict(rpn_post_nms_top_n_train=64,
                                                     box_batch_size_per_image=32))
@@ -322,7 +323,7 @@ def test_backbone_madds_equal_the_sum_over_convolutions() -> None:
 
 # ----------------------------------------------------------------------------- end to end
 
-# The tiny recipe (configs/detection/maskrcnn_shapes_tiny.yaml: ResNet-18 ×0.25 from scratch,
+# The tiny recipe (detection/maskrcnn_shapes_tiny: ResNet-18 ×0.25 from scratch,
 # 64 images of 128², 8 epochs = 128 iterations of 4 images) measured on the 2-core machine
 # (torch 2.14, CPU, one thread), seeds 0/1/2: bbox AP 0.206/0.198/0.184, segm AP
 # 0.248/0.276/0.217. The untrained detector scores bbox AP 0.000, random boxes 0.0003 (20
@@ -406,7 +407,7 @@ def test_cuda_train_step_and_eval() -> None:
 
 def test_table7_configs_resolve() -> None:
     names = []
-    for path in sorted((ROOT / "configs" / "detection").glob("maskrcnn_r50*_1x.yaml")):
+    for path in sorted((configs_root() / "detection").glob("maskrcnn_r50*_1x.yaml")):
         cfg = load_config(path)
         names.append(cfg.model.backbone)
         assert (cfg.train.epochs, cfg.train.lr_steps, cfg.train.lr) == (12, [8, 11], 0.02)

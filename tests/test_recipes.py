@@ -1,4 +1,4 @@
-"""Every recipe in configs/ builds what it names and trains a step on generated data.
+"""Every shipped recipe (a2d2c/configs/) builds what it names and trains a step on generated data.
 
 CIFAR-100 recipes read a tiny dataset written in torchvision's pickle format, ImageNet
 recipes a tiny ImageFolder tree; images are shrunk (16x16 CIFAR, 36 -> 32 ImageNet)
@@ -26,13 +26,14 @@ from a2d2c.engine import (
     train_one_epoch,
 )
 from a2d2c.models import model_arguments
+from a2d2c.resources import configs_root
 
-CONFIGS = Path(__file__).resolve().parents[1] / "configs"
+CONFIGS = configs_root()
 
 
 def _is_classification_recipe(path: Path) -> bool:
     # Detection recipes have their own schema (tests/test_detection.py); a study file
-    # names variants of the recipes under configs/studies/recipes/ (tests/test_study.py).
+    # names variants of the recipes under studies/recipes/ (tests/test_study.py).
     parts = path.relative_to(CONFIGS).parts
     if "_base_" in parts or parts[0] == "detection":
         return False

@@ -23,7 +23,7 @@ from .layers import (
 from .models import create_model, list_models, register_model
 from .temperature import TemperatureScheduler, get_temperature, set_temperature
 
-__version__ = "0.1.0"
+__version__ = "0.1.0"  # the package version (pyproject.toml reads it from here)
 
 __all__ = [
     "PLACEMENTS",

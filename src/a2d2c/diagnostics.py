@@ -380,11 +380,9 @@ class AttentionReport:
 
 def plot_attention_stats(report: AttentionReport, path: str, title: str = "") -> str:
     """Draw the per-layer statistics (one panel per statistic) into a PNG at ``path``."""
-    try:
-        import matplotlib
-    except ImportError:  # optional dependency
-        raise ImportError("plotting needs matplotlib: pip install 'a2d2c[extras]' "
-                          "(or pip install matplotlib)") from None
+    from ._optional import require
+
+    matplotlib = require("matplotlib", "plotting attention diagnostics")  # one-line error
     matplotlib.use("Agg")
     from matplotlib import pyplot as plt
 

@@ -255,10 +255,9 @@ def plot_layer_view(view: LayerView, image: Tensor, path: str | os.PathLike | No
     kernel as bars. Returns the matplotlib ``Figure`` (closed when saved); the scatter of
     the first two panels holds ``(x, y)`` = (column, row) of every drawn point.
     """
-    try:
-        import matplotlib
-    except ImportError:
-        raise ImportError("drawing needs matplotlib: pip install 'a2d2c[extras]'") from None
+    from ._optional import require
+
+    matplotlib = require("matplotlib", "drawing")
     matplotlib.use("Agg")
     from matplotlib import pyplot as plt
 

@@ -29,6 +29,8 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "bench": ("a2d2c.cli.bench", "speed and memory of static, A2D2C and baselines"),
     "inspect": ("a2d2c.cli.inspect", "attention diagnostics of a checkpoint's dynamic layers "
                 "(is the attention input-dependent?): a table and a PNG"),
+    "configs": ("a2d2c.cli.configs", "list the shipped recipes (or print one with --show)"),
+    "models": ("a2d2c.cli.models", "list the registered models"),
 }
 
 
@@ -64,7 +66,15 @@ def main(argv: Sequence[str] | None = None) -> int:
         args.overrides = extra
     else:
         args = cmd_parser.parse_args(rest)
-    return int(module.main(args) or 0)
+    from .._optional import MissingDependencyError
+    from ..resources import ConfigNotFoundError
+
+    try:
+        return int(module.main(args) or 0)
+    except (MissingDependencyError, ConfigNotFoundError) as e:
+        # one line naming what to install / which recipe names exist, not a traceback
+        print(f"a2d2c {name}: error: {e}", file=sys.stderr)
+        return 2
 
 
 if __name__ == "__main__":

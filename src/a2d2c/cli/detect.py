@@ -1,9 +1,9 @@
 """``a2d2c detect``: Mask R-CNN + FPN on COCO-format data (train, eval, profile, make-shapes).
 
-    a2d2c detect train --config configs/detection/maskrcnn_r50_a2d2c_plus_fpn_1x.yaml
+    a2d2c detect train --config detection/maskrcnn_r50_a2d2c_plus_fpn_1x
     torchrun --nproc_per_node 8 -m a2d2c detect train --config ...   # DDP
     a2d2c detect eval --checkpoint runs/detection/x/checkpoint.pth
-    a2d2c detect profile --config configs/detection/maskrcnn_r50_fpn_1x.yaml
+    a2d2c detect profile --config detection/maskrcnn_r50_fpn_1x
     a2d2c detect make-shapes --out data/shapes                     # the synthetic dataset
 """
 
@@ -25,7 +25,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     sub = parser.add_subparsers(dest="action", metavar="ACTION", required=True)
 
     p = sub.add_parser("train", help="train a detector from a YAML config (DDP under torchrun)")
-    p.add_argument("--config", required=True, help="YAML recipe (configs/detection/*.yaml)")
+    p.add_argument("--config", required=True,
+                   help="a shipped recipe (a2d2c configs detection) or a YAML file")
     p.add_argument("--data-root", default=None, help="COCO root (overrides data.root)")
     p.add_argument("--output-dir", default=None, help="run folder (overrides output_dir)")
     p.add_argument("--pretrained", default=None,

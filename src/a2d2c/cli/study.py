@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import argparse
+import sys
 from pathlib import Path
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("name", nargs="?", help="a study under configs/studies/ (or a path); "
-                        "omit with --list")
+    parser.add_argument("name", nargs="?", help="a shipped study (see --list) or a study "
+                        "YAML file")
     parser.add_argument("--list", action="store_true", help="list the known studies")
     parser.add_argument("--only", nargs="+", metavar="VARIANT", help="run only these variants")
     parser.add_argument("--seeds", nargs="+", type=int, help="run only these seeds")
@@ -27,10 +28,20 @@ def main(args: argparse.Namespace) -> int:
     from ..study import collect_records, list_studies, load_study, run_study, write_report
 
     if args.list or not args.name:
-        for name in list_studies():
+        names = list_studies()
+        if not names:  # a broken install, never a silent success
+            from ..resources import studies_root
+
+            print(f"a2d2c study: error: no study files found in {studies_root()} "
+                  f"(reinstall a2d2c)", file=sys.stderr)
+            return 2
+        for name in names:
             spec = load_study(name)
             print(f"{name:20s} {spec.title} ({len(spec.variants)} variants x "
                   f"{len(spec.seeds)} seeds)")
+        if not args.list:
+            print("a2d2c study: error: name a study (one of the above) or use --list",
+                  file=sys.stderr)
         return 0 if args.list else 2
     spec = load_study(args.name)
     extra = [f"--{kv}" for kv in args.set]

@@ -1,7 +1,8 @@
 """``a2d2c train``: train a registered model from a YAML recipe.
 
     a2d2c train                                   # the offline default (Fashion-MNIST)
-    a2d2c train --config configs/cifar100/table1_resnet18_a2d2c_plus.yaml --data.root data
+    a2d2c train --config cifar100/table1_resnet18_a2d2c_plus --data.root data  # shipped recipe
+    a2d2c train --config my_recipe.yaml          # or a file
     a2d2c train --config ... --optim.lr 0.1 --train.epochs 5   # dotted overrides
     a2d2c train --resume runs/x/last.pt          # continue exactly where it stopped
     torchrun --nproc_per_node=8 -m a2d2c train --config ...    # several processes
@@ -11,32 +12,16 @@ from __future__ import annotations
 
 import argparse
 import sys
-from pathlib import Path
 
 ACCEPTS_OVERRIDES = True
-DEFAULT_RECIPE = "fashion_mnist_default.yaml"
-
-
-def configs_dir() -> Path:
-    """The repository's ``configs/`` folder (beside ``src/``)."""
-    return Path(__file__).resolve().parents[3] / "configs"
-
-
-def resolve_recipe(name: str) -> Path:
-    """A recipe path as given, or relative to the repository's ``configs/``."""
-    path = Path(name)
-    if path.is_file():
-        return path
-    for cand in (configs_dir() / name, configs_dir() / f"{name}.yaml"):
-        if cand.is_file():
-            return cand
-    return path  # load_config reports it missing
+DEFAULT_RECIPE = "fashion_mnist_default"
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--config", default=None, metavar="YAML",
-                        help="recipe file (default: configs/fashion_mnist_default.yaml, or the "
-                             "checkpoint's own config with --resume)")
+                        help="a shipped recipe's name (see `a2d2c configs`) or a YAML file "
+                             "(default: fashion_mnist_default, or the checkpoint's own "
+                             "config with --resume)")
     parser.add_argument("--resume", default=None, metavar="CKPT",
                         help="continue from a checkpoint (e.g. runs/x/last.pt)")
     parser.add_argument("--print-config", action="store_true",
@@ -55,8 +40,7 @@ def build_config(args: argparse.Namespace):
         cfg = config_from_dict(_merge(base, overrides))
         validate_config(cfg)
         return cfg
-    recipe = resolve_recipe(args.config or DEFAULT_RECIPE)
-    return load_config(recipe, overrides)
+    return load_config(args.config or DEFAULT_RECIPE, overrides)
 
 
 def main(args: argparse.Namespace) -> int:

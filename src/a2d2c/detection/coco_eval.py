@@ -27,7 +27,9 @@ def to_coco_results(
     Returns ``{"bbox": [...], "segm": [...]}``: boxes as ``[x, y, w, h]``, masks binarised
     at ``mask_threshold`` and RLE-encoded; ``segm`` is empty when outputs carry no masks.
     """
-    from pycocotools import mask as mask_utils
+    from .._optional import require
+
+    mask_utils = require("pycocotools.mask", "COCO evaluation")
 
     results: dict[str, list[dict[str, Any]]] = {"bbox": [], "segm": []}
     for out, image_id in zip(outputs, image_ids, strict=True):
@@ -59,7 +61,9 @@ def coco_evaluate(coco_gt: Any, results: Mapping[str, list[dict[str, Any]]], *,
     Figures are fractions in ``[0, 1]`` (``-1`` where COCO finds no ground truth of that
     size). With no detections at all the APs are 0. ``verbose`` prints COCO's summary.
     """
-    from pycocotools.cocoeval import COCOeval
+    from .._optional import require
+
+    COCOeval = require("pycocotools.cocoeval", "COCO evaluation").COCOeval
 
     stats: dict[str, dict[str, float]] = {}
     for iou_type in iou_types:

@@ -195,6 +195,9 @@ def load_config(path: str | Path | None = None, overrides: list[str] | None = No
     """
     raw: dict[str, Any] = dict(base or {})
     if path is not None:
+        from ..resources import resolve_config
+
+        path = resolve_config(path)  # a file, or a shipped recipe (detection/maskrcnn_...)
         loaded = yaml.safe_load(Path(path).read_text()) or {}
         if not isinstance(loaded, dict):
             raise ValueError(f"config {str(path)!r} must hold a mapping")

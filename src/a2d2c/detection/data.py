@@ -58,7 +58,9 @@ class CocoInstances(Dataset):
 
     def __init__(self, root: str | Path, split: str, *, train: bool,
                  hflip_prob: float = 0.5) -> None:
-        from pycocotools.coco import COCO
+        from .._optional import require
+
+        COCO = require("pycocotools.coco", "COCO-format data").COCO
 
         ann_file, self.image_dir = coco_paths(root, split)
         with contextlib.redirect_stdout(io.StringIO()):

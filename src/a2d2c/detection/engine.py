@@ -3,7 +3,7 @@
 Library functions (:func:`train_one_epoch`, :func:`evaluate`, :func:`run_train`,
 :func:`run_eval`); the CLI (``a2d2c detect``) only parses arguments and calls them.
 Multi-GPU runs are launched with torchrun, e.g.
-``torchrun --nproc_per_node 8 -m a2d2c detect train --config configs/detection/x.yaml``;
+``torchrun --nproc_per_node 8 -m a2d2c detect train --config detection/x``;
 a single process never touches ``torch.distributed``.
 """
 

@@ -47,7 +47,10 @@ def _write_split(root: Path, split: str, num_images: int, image_size: int,
                  rng: np.random.Generator, max_objects: int, max_overlap: float,
                  first_ann_id: int) -> int:
     from PIL import Image, ImageDraw
-    from pycocotools import mask as mask_utils
+
+    from .._optional import require
+
+    mask_utils = require("pycocotools.mask", "the shapes dataset")
 
     image_dir = root / split
     image_dir.mkdir(parents=True, exist_ok=True)

@@ -2,7 +2,7 @@
 
 One :class:`Config` object describes a run; builders read it and nothing else::
 
-    cfg = load_config("configs/cifar100/table1_resnet18_a2d2c_plus.yaml",
+    cfg = load_config("cifar100/table1_resnet18_a2d2c_plus",   # a shipped recipe, or a path
                       overrides=["--optim.lr", "0.1", "--train.epochs=2"])
     save_config(cfg, "runs/x/config.yaml")     # the resolved config, beside the run
 
@@ -46,6 +46,7 @@ __all__ = [
     "load_config",
     "load_yaml_recipe",
     "parse_overrides",
+    "resolve_recipe",
     "save_config",
     "validate_config",
 ]
@@ -320,13 +321,23 @@ def save_config(cfg: Config, path: str | os.PathLike) -> None:
 
 def load_config(path: str | os.PathLike | None = None, overrides: Sequence[str] | Mapping = (),
                 *, validate: bool = True) -> Config:
-    """Recipe file (or defaults) → overrides → :class:`Config`, validated."""
-    data = load_yaml_recipe(path) if path is not None else {}
+    """Recipe (a file, or a shipped recipe's name) → overrides → :class:`Config`, validated."""
+    data = load_yaml_recipe(resolve_recipe(path)) if path is not None else {}
     over = parse_overrides(overrides) if not isinstance(overrides, Mapping) else overrides
     cfg = config_from_dict(_merge(data, over))
     if validate:
         validate_config(cfg)
     return cfg
+
+
+def resolve_recipe(name: str | os.PathLike) -> Path:
+    """A recipe path as given, or the shipped recipe of that name (``a2d2c configs``)."""
+    from ..resources import ConfigNotFoundError, resolve_config
+
+    try:
+        return resolve_config(name)
+    except ConfigNotFoundError as e:
+        raise ConfigError(str(e)) from None
 
 
 # ----------------------------------------------------------------------- validation

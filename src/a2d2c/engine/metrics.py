@@ -24,11 +24,10 @@ class MetricsWriter:
         self.csv = self.out_dir / "metrics.csv"
         self.tb = None
         if tensorboard:
-            try:
-                from torch.utils.tensorboard import SummaryWriter
-            except ImportError as e:  # tensorboard is an optional extra
-                raise RuntimeError("train.tensorboard needs the tensorboard package "
-                                   "(pip install 'a2d2c[extras]')") from e
+            from .._optional import require
+
+            require("tensorboard", "train.tensorboard")
+            from torch.utils.tensorboard import SummaryWriter
             self.tb = SummaryWriter(str(self.out_dir / "tensorboard"))
 
     def truncate_after(self, epoch: int) -> None:

@@ -22,6 +22,7 @@ __all__ = [
     "TemperatureMixin",
     "check_choice",
     "check_conv_input",
+    "check_input_dtype",
     "check_positive_int",
 ]
 
@@ -138,8 +139,35 @@ class ConvArgs:
         return F.pad(x, (pw, pw, ph, ph), mode=self.padding_mode), (0, 0)
 
 
-def check_conv_input(x: Tensor, geometry: ConvArgs, layer: str) -> None:
-    """Reject inputs that ``nn.Conv2d`` would reject, with a message that says why."""
+def check_input_dtype(x: Tensor, param_dtype: torch.dtype | None, layer: str) -> None:
+    """Reject the dtypes ``nn.Conv2d`` rejects, as a ``TypeError`` that says what to do.
+
+    Integer, bool and complex inputs are refused (the layers' attention would silently
+    truncate them: an int64 input gave an int64 output of zeros). A floating input of
+    another dtype than the parameters is refused outside autocast, as ``nn.Conv2d``
+    refuses it, except that here it is one clear message for every layer and ``impl``.
+    Under autocast for the input's device any floating dtype is accepted.
+    """
+    if not x.dtype.is_floating_point:
+        kind = "a complex" if x.dtype.is_complex else "an integer or bool"
+        raise TypeError(
+            f"{layer} expects a floating-point input (like nn.Conv2d), got {kind} tensor "
+            f"of dtype {x.dtype}; convert it with x.float()")
+    if (param_dtype is not None and x.dtype != param_dtype
+            and not torch.is_autocast_enabled(x.device.type)):
+        raise TypeError(
+            f"{layer} has {param_dtype} parameters but got a {x.dtype} input; convert the "
+            f"input (x.to({param_dtype})) or the layer (layer.to({x.dtype})), or run under "
+            "torch.autocast")
+
+
+def check_conv_input(x: Tensor, geometry: ConvArgs, layer: str,
+                     param_dtype: torch.dtype | None = None) -> None:
+    """Reject inputs that ``nn.Conv2d`` would reject, with a message that says why.
+
+    A batch of size 0 passes (``nn.Conv2d`` returns an empty output for it); see
+    ``DynamicConvBase._empty_forward``.
+    """
     if not isinstance(x, Tensor):
         raise TypeError(f"{layer} expects a torch.Tensor input, got {type(x).__name__}")
     if x.dim() != 4:
@@ -148,6 +176,7 @@ def check_conv_input(x: Tensor, geometry: ConvArgs, layer: str) -> None:
             f"{x.dim()}-d tensor of shape {tuple(x.shape)}; add a batch dimension with "
             "x.unsqueeze(0) for a single image"
         )
+    check_input_dtype(x, param_dtype, layer)
     if x.shape[1] != geometry.in_channels:
         raise ValueError(
             f"{layer} expects {geometry.in_channels} input channels, got input of shape "

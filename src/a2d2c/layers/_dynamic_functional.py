@@ -1,7 +1,7 @@
 """Helpers shared by the baseline dynamic convolutions (CondConv, DynamicConv, DCD, ODConv).
 
-Kept apart from ``_functional.py`` (which the A²D²C kernel form owns) so that the two can
-evolve independently.
+The per-sample mixed convolution itself is :func:`a2d2c.ops.mixed_conv2d` (one home for
+every layer).
 """
 
 from __future__ import annotations
@@ -14,6 +14,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from ..ops.mixed_conv import compute_dtype
 from ._base import ConvArgs, check_conv_input, check_positive_int
 
 __all__ = [
@@ -23,7 +24,6 @@ __all__ = [
     "hard_sigmoid",
     "init_like_conv2d",
     "linear",
-    "omni_aggregated_conv2d",
 ]
 
 
@@ -75,7 +75,21 @@ class DynamicConvBase(nn.Module):
         self.bias = nn.Parameter(torch.empty(k, g.out_channels, **factory)) if bias else None
 
     def _check_input(self, x: Tensor) -> None:
-        check_conv_input(x, self.geometry, type(self).__name__)
+        check_conv_input(x, self.geometry, type(self).__name__, self.weight.dtype)
+
+    def _empty_forward(self, x: Tensor) -> Tensor:
+        """The output for an empty batch (``B = 0``), as ``nn.Conv2d`` gives one.
+
+        ``(0, O, H', W')`` in the dtype the convolution would run in, connected to the
+        input and to every parameter, so that ``backward`` works and leaves zero gradients
+        (the attention paths reshape over the batch and cannot run on zero samples).
+        """
+        ho, wo = self.geometry.output_size(x.shape[2], x.shape[3])
+        y = x.new_zeros(0, self.out_channels, ho, wo, dtype=compute_dtype(x))
+        for t in (x, *self.parameters()):
+            if t.requires_grad:
+                y = y + t.reshape(-1)[:0].sum().to(y.dtype)  # an exact 0 with a zero gradient
+        return y
 
     def _geometry_repr(self, has_bias: bool) -> str:
         g = self.geometry
@@ -131,143 +145,3 @@ def linear(layer: nn.Linear, x: Tensor) -> Tensor:
     """``layer(x)`` with the layer's parameters cast to ``x``'s dtype (attention precision)."""
     bias = None if layer.bias is None else layer.bias.to(x.dtype)
     return F.linear(x, layer.weight.to(x.dtype), bias)
-
-
-def _compute_dtype(x: Tensor) -> torch.dtype:
-    device = x.device.type
-    if torch.is_autocast_enabled(device):
-        return torch.get_autocast_dtype(device)
-    return x.dtype
-
-
-def _omni_mix(pi: Tensor, weight: Tensor, spatial: Tensor | None, channel: Tensor | None,
-              groups: int) -> tuple[Tensor, Tensor]:
-    """``(mixed, kernels)``: ``mixed = Σ_k pi_k ⊙ W_k`` and ``kernels = mixed ⊙ s ⊙ a``.
-
-    Shapes ``(B, g, O/g, C/g, T)``; ``pi (B, K, O)``, ``weight (K, O, C/g, kh, kw)``,
-    ``spatial (B, T)``, ``channel (B, C)``.
-    """
-    b = pi.shape[0]
-    k, o, cg = weight.shape[:3]
-    w = weight.reshape(k, o, -1)
-    mixed = pi[:, 0, :, None] * w[0]
-    for i in range(1, k):
-        mixed = mixed.addcmul_(pi[:, i, :, None], w[i])
-    mixed = mixed.view(b, groups, o // groups, cg, -1)
-    kernels = mixed
-    if spatial is not None:
-        kernels = kernels * spatial[:, None, None, None, :]
-    if channel is not None:
-        kernels = kernels * channel.view(b, groups, 1, cg, 1)
-    return mixed, kernels
-
-
-class _OmniAggregatedConv2d(torch.autograd.Function):
-    """See :func:`omni_aggregated_conv2d`. Saves only the inputs; kernels are recomputed."""
-
-    @staticmethod
-    def forward(ctx, x, pi, weight, bias, spatial, channel, stride, padding, dilation, groups):
-        b, c, h, w = x.shape
-        o = weight.shape[1]
-        cdt = _compute_dtype(x)
-        wdt = weight.dtype
-        sp = None if spatial is None else spatial.to(wdt)
-        ch = None if channel is None else channel.to(wdt)
-        _, kernels = _omni_mix(pi.to(wdt), weight, sp, ch, groups)
-        agg_bias = None if bias is None else torch.einsum("bko,ko->bo", pi.to(wdt), bias)
-        with torch.autocast(x.device.type, enabled=False):
-            y = F.conv2d(
-                x.reshape(1, b * c, h, w).to(cdt),
-                kernels.reshape(b * o, *weight.shape[2:]).to(cdt),
-                None if agg_bias is None else agg_bias.reshape(-1).to(cdt),
-                stride, padding, dilation, b * groups,
-            )
-        ctx.save_for_backward(x, pi, weight, bias, spatial, channel)
-        ctx.conf = (stride, padding, dilation, groups, cdt)
-        return y.view(b, o, *y.shape[2:])
-
-    @staticmethod
-    def backward(ctx, grad_y):
-        x, pi, weight, bias, spatial, channel = ctx.saved_tensors
-        stride, padding, dilation, groups, cdt = ctx.conf
-        b, c, h, w = x.shape
-        k, o = weight.shape[:2]
-        wdt = weight.dtype
-        pi_w = pi.to(wdt)
-        sp = None if spatial is None else spatial.to(wdt)
-        ch = None if channel is None else channel.to(wdt)
-        mixed, kernels = _omni_mix(pi_w, weight, sp, ch, groups)
-        grad_x, grad_kernels, _ = torch.ops.aten.convolution_backward(
-            grad_y.reshape(1, b * o, *grad_y.shape[2:]).to(cdt),
-            x.reshape(1, b * c, h, w).to(cdt),
-            kernels.reshape(b * o, *weight.shape[2:]).to(cdt),
-            None, list(stride), list(padding), list(dilation), False, [0, 0], b * groups,
-            [ctx.needs_input_grad[0], True, False],
-        )
-        gk = grad_kernels.view(mixed.shape).to(wdt)  # (B, g, O/g, C/g, T)
-        grad_spatial = grad_channel = None
-        if sp is not None and ctx.needs_input_grad[4]:
-            scaled = mixed if ch is None else mixed * ch.view(b, groups, 1, -1, 1)
-            grad_spatial = (gk * scaled).sum((1, 2, 3)).to(spatial.dtype)
-        if ch is not None and ctx.needs_input_grad[5]:
-            scaled = mixed if sp is None else mixed * sp[:, None, None, None, :]
-            grad_channel = (gk * scaled).sum((2, 4)).reshape(b, c).to(channel.dtype)
-        g_mixed = gk
-        if sp is not None:
-            g_mixed = g_mixed * sp[:, None, None, None, :]
-        if ch is not None:
-            g_mixed = g_mixed * ch.view(b, groups, 1, -1, 1)
-        # (B, O, m) -> (O, B, m) once, so both contractions are contiguous batched GEMMs.
-        g_t = g_mixed.reshape(b, o, -1).transpose(0, 1).contiguous()
-        grad_pi = grad_weight = grad_bias = None
-        if ctx.needs_input_grad[1]:
-            w_t = weight.reshape(k, o, -1).permute(1, 2, 0).contiguous()  # (O, m, K)
-            grad_pi = torch.bmm(g_t, w_t).permute(1, 2, 0)  # (B, K, O)
-        if ctx.needs_input_grad[2]:
-            grad_weight = torch.bmm(pi_w.permute(2, 1, 0).contiguous(), g_t)  # (O, K, m)
-            grad_weight = grad_weight.transpose(0, 1).reshape(weight.shape)
-        if bias is not None:
-            grad_agg_bias = grad_y.sum((2, 3)).to(bias.dtype)  # (B, O)
-            if grad_pi is not None:
-                grad_pi = grad_pi + grad_agg_bias[:, None, :] * bias
-            if ctx.needs_input_grad[3]:
-                grad_bias = torch.einsum("bko,bo->ko", pi_w, grad_agg_bias)
-        grad_x = None if grad_x is None else grad_x.view(b, c, h, w).to(x.dtype)
-        grad_pi = None if grad_pi is None else grad_pi.to(pi.dtype)
-        return (grad_x, grad_pi, grad_weight, grad_bias, grad_spatial, grad_channel,
-                None, None, None, None)
-
-
-def omni_aggregated_conv2d(
-    x: Tensor,
-    pi: Tensor,
-    weight: Tensor,
-    bias: Tensor | None = None,
-    spatial: Tensor | None = None,
-    channel: Tensor | None = None,
-    stride: tuple[int, int] = (1, 1),
-    padding: tuple[int, int] = (0, 0),
-    dilation: tuple[int, int] = (1, 1),
-    groups: int = 1,
-) -> Tensor:
-    """Convolve each sample with its own kernel ``Σ_k pi[b,k,o]·W_k ⊙ s[b] ⊙ a[b]``.
-
-    The kernel of sample ``b`` is, for output channel ``o``, input channel ``c`` (of ``o``'s
-    group) and tap ``t``: ``Σ_k pi[b,k,o]·W_k[o,c,t] · spatial[b,t] · channel[b, c_abs]``;
-    the bias is ``Σ_k pi[b,k,o]·bias[k,o]``. One grouped convolution over the batch, as a
-    custom autograd function that saves only its inputs (never the ``B·O·C/g·kh·kw``
-    per-sample kernels: they are recomputed in backward, which costs ``~K`` multiply-adds
-    per kernel element, far below the convolution itself).
-
-    Args:
-        x: ``(B, C, H, W)``.
-        pi: ``(B, K, O)``, per-sample, per-kernel, per-output-channel weights.
-        weight: ``(K, O, C/groups, kh, kw)``; bias: ``(K, O)`` or ``None``.
-        spatial: ``(B, kh·kw)`` tap weights, or ``None`` (all ones).
-        channel: ``(B, C)`` input-channel weights, or ``None`` (all ones).
-
-    Under autocast the convolution runs in the autocast dtype, the mixing in the
-    parameters' dtype.
-    """
-    return _OmniAggregatedConv2d.apply(x, pi, weight, bias, spatial, channel, tuple(stride),
-                                       tuple(padding), tuple(dilation), groups)

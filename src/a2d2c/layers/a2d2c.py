@@ -49,9 +49,19 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from ..ops.cost import COST_CONSTANTS, estimate_costs
+from ..ops.mixed_conv import (
+    _functorch_active,
+    _is_tracing,
+    compute_dtype,
+    mix_kernels,
+    mix_responses,
+    mixed_conv2d,
+    per_sample_conv,
+    plus_responses,
+)
 from ._base import TemperatureMixin, check_choice, check_positive_int
 from ._dynamic_functional import DynamicConvBase, check_ratio
-from ._functional import aggregated_conv2d
 
 __all__ = ["COST_CONSTANTS", "DESCRIPTORS", "HEADS", "IMPLS", "LOGIT_SCALES", "SAMPLINGS",
            "A2D2Conv2d", "estimate_costs"]
@@ -67,77 +77,6 @@ LOGIT_SCALES = ("none", "layer", "channel")
 STANDARDIZE_EPS = 1e-6
 IMPLS = ("auto", "kernel", "unfold", "plus")
 
-
-# Constants of the cost model of ``impl="auto"`` (see :func:`estimate_costs`), per device
-# type. ``grouped``/``unfold``/``dense``: time of a multiply-add in the per-sample grouped
-# convolution / the im2col batched GEMM / a dense convolution, relative to a dense one;
-# ``touch``: time of one memory-bound element pass (the kernel mix, its gradient, im2col,
-# the plus form's mixing), in dense multiply-adds; ``batch1``: the kernel and unfold forms'
-# convolution at batch size 1 (a dense conv, but behind the per-sample kernel's extra
-# steps). CPU values were fitted to ``a2d2c bench --preset layers`` on 2 threads
-# (docs/PERFORMANCE.md). CUDA values were fitted to ``a2d2c bench --device cuda --dtype bf16
-# --preset issue6`` on an H200 (2026-11-28, benchmarks/results/): there the plus form was
-# the fastest in every case, training and inference, batch 1 and 32 (cuDNN's dense convs
-# are fast, its grouped per-sample convs and the kernel form's extra launches are not), and
-# these constants make ``auto`` choose it for every layer of those cases.
-COST_CONSTANTS: dict[str, dict[str, float]] = {
-    "cpu": {"dense": 1.0, "grouped": 1.3, "unfold": 1.5, "touch": 16.0, "batch1": 1.0},
-    "cuda": {"dense": 1.0, "grouped": 8.0, "unfold": 6.0, "touch": 64.0, "batch1": 8.0},
-}
-
-
-def estimate_costs(*, batch: int | None, in_channels: int, out_channels: int,
-                   kernel_size: Sequence[int], groups: int, output_size: Sequence[int],
-                   num_kernels: int, training: bool, device_type: str = "cpu"
-                   ) -> dict[str, float]:
-    """Modelled cost per sample of the three exact forms of an A²D²C layer.
-
-    With ``L = H'·W'``, ``m = C/g·kh·kw``, the convolution's ``conv = O·m·L``
-    multiply-adds, the per-sample kernel of ``O·m`` values, ``K·O·L`` plus-form feature
-    values and ``C·kh·kw·L`` im2col values (constants ``COST_CONSTANTS[device_type]``:
-    ``γ_dense, γ_grouped, γ_unfold`` and ``t``, the cost of one memory-bound element pass):
-
-    * ``kernel`` (grouped conv): ``p·γ_grouped·conv + t·K·O·m·(1 or 4 + 2/K)`` — ``p``
-      is 1 for inference and 3 for training (forward, input and weight gradients); the
-      mix is formed once in inference, and in training formed, re-formed in backward,
-      contracted twice with the kernel gradient (``4K`` passes) plus a transpose. At
-      ``batch == 1`` the grouped convolution is a dense one (``γ_batch1``).
-    * ``unfold`` (im2col + GEMM): as ``kernel`` with ``γ_unfold``, plus ``t·C·kh·kw·L``
-      for im2col (three passes in training: im2col, its recomputation, col2im).
-    * ``plus``: ``p·γ_dense·K·conv + t·K·O·L·(2 or 6)`` (mixing the K responses; in
-      training also their gradient and the saved product).
-
-    The attention (patch means, head, softmax) costs the same in every form and is left
-    out. ``batch=None`` means "any batch size" (no batch-1 special case), as used while
-    tracing. The model is deterministic: the same arguments always give the same choice.
-    """
-    if device_type not in COST_CONSTANTS:
-        device_type = "cuda"  # other accelerators: GPU-like balance
-    const = COST_CONSTANTS[device_type]
-    kh, kw = kernel_size
-    length = int(output_size[0]) * int(output_size[1])
-    m = in_channels // groups * kh * kw
-    conv = out_channels * m * length
-    passes = 3.0 if training else 1.0
-    mix = const["touch"] * num_kernels * out_channels * m * ((4.0 + 2.0 / num_kernels)
-                                                             if training else 1.0)
-    gamma_grouped = const["batch1"] if batch == 1 else const["grouped"]
-    cols = const["touch"] * in_channels * kh * kw * length * passes
-    return {
-        "kernel": passes * gamma_grouped * conv + mix,
-        "unfold": passes * const["unfold"] * conv + mix + cols,
-        "plus": passes * const["dense"] * num_kernels * conv
-        + const["touch"] * num_kernels * out_channels * length * (6.0 if training else 2.0),
-    }
-
-
-def _is_tracing() -> bool:
-    """True inside ``torch.compile``/``torch.export`` graph capture or ONNX export."""
-    compiler = getattr(torch, "compiler", None)
-    if compiler is not None and compiler.is_compiling():
-        return True
-    onnx = getattr(torch, "onnx", None)
-    return bool(onnx is not None and onnx.is_in_onnx_export())
 
 class A2D2Conv2d(TemperatureMixin, DynamicConvBase):
     """Adaptive Attention-Driven Dynamic Convolution, a drop-in for :class:`nn.Conv2d`.
@@ -275,17 +214,9 @@ class A2D2Conv2d(TemperatureMixin, DynamicConvBase):
         layer = cls(conv.in_channels, conv.out_channels, conv.kernel_size, conv.stride, padding,
                     conv.dilation, conv.groups, conv.bias is not None, conv.padding_mode,
                     device=conv.weight.device, dtype=conv.weight.dtype, **kwargs)
-        with torch.no_grad():
-            w = conv.weight.detach()
-            eps = torch.randn((layer.num_kernels, *w.shape), device=w.device, dtype=w.dtype)
-            if layer.num_kernels > 1:
-                eps -= eps.mean(0, keepdim=True)
-            else:
-                eps.zero_()
-            layer.weight.copy_(w.unsqueeze(0) + noise * w.std() * eps)
-            if conv.bias is not None:
-                layer.bias.copy_(conv.bias.detach().unsqueeze(0).expand_as(layer.bias))
-        return layer
+        from .transfer import init_from_static  # the one transfer rule of every conv type
+
+        return init_from_static(layer, conv.weight, conv.bias, noise=noise)
 
     def extra_repr(self) -> str:
         s = self._geometry_repr(self.bias is not None)
@@ -482,6 +413,8 @@ class A2D2Conv2d(TemperatureMixin, DynamicConvBase):
     # ------------------------------------------------------------------ forward
     def forward(self, x: Tensor, points: Tensor | None = None) -> Tensor:
         self._check_input(x)
+        if x.shape[0] == 0:
+            return self._empty_forward(x)
         b, _, h, w = x.shape
         ho, wo = self.geometry.output_size(h, w)
         if points is None:
@@ -496,7 +429,7 @@ class A2D2Conv2d(TemperatureMixin, DynamicConvBase):
         if impl == "plus":
             return self._forward_plus(x, pad, idx, ho, wo)
         return self._forward_kernel(x, pad, idx, ho, wo,
-                                    method="grouped" if impl == "kernel" else "unfold",
+                                    method=impl,
                                     traceable=tracing)
 
     def _patch_means(self, x: Tensor, pad: tuple[int, int], idx: Tensor | None,
@@ -523,7 +456,8 @@ class A2D2Conv2d(TemperatureMixin, DynamicConvBase):
             return (torch.stack(means, dim=-1) / (ho * wo)).unsqueeze(1)
         # Sampled positions: one bag of M input pixels per (sample, draw, kernel offset),
         # summed by embedding_bag over the pixels as rows of a (B·H·W, C) table (a view for
-        # channels_last input) with weight 1/M, or 0 for a position in the zero padding.
+        # channels_last input) with weight 1/M, or 0 for a position in the zero padding
+        # (pointing into the same sample's rows, so samples stay independent).
         # Nothing of size B·C·M·kh·kw is materialised, and backward saves only indices.
         n, m = idx.shape[1], idx.shape[2]
         oy = torch.div(idx, wo, rounding_mode="floor")
@@ -546,7 +480,9 @@ class A2D2Conv2d(TemperatureMixin, DynamicConvBase):
             means = torch.bmm(sel.view(b, n * kh * kw, h * w), x.reshape(b, c, h * w).mT)
             return means.view(b, n, kh * kw, c).transpose(2, 3)
         sample = torch.arange(b, device=x.device).view(b, 1, 1, 1) * (h * w)
-        rows = torch.where(inside, sample + iy * w + ix, 0)  # (B, N, M, kh·kw)
+        # A padded tap (weight 0) points at a pixel of its *own* sample: 0·inf = NaN must
+        # never carry one sample's non-finite pixel into another sample's means.
+        rows = torch.where(inside, sample + iy * w + ix, sample)  # (B, N, M, kh·kw)
         table = x.permute(0, 2, 3, 1).reshape(b * h * w, c)
         bags = rows.permute(0, 1, 3, 2).reshape(b * n * kh * kw, m)
         means = F.embedding_bag(bags, table, mode="sum",  # (B·N·kh·kw, C)
@@ -555,14 +491,14 @@ class A2D2Conv2d(TemperatureMixin, DynamicConvBase):
         return means.view(b, n, kh * kw, c).transpose(2, 3)
 
     def _forward_kernel(self, x: Tensor, pad: tuple[int, int], idx: Tensor | None,
-                        ho: int, wo: int, method: str = "grouped",
+                        ho: int, wo: int, method: str = "kernel",
                         traceable: bool = False) -> Tensor:
         b, c = x.shape[:2]
         k, o, g = self.num_kernels, self.out_channels, self.groups
         acc = self._acc_dtype()
         grads = torch.is_grad_enabled() and (x.requires_grad or self.weight.requires_grad)
-        if (not grads and not traceable and method == "grouped" and self.head == "direct"
-                and g == 1):
+        if (not grads and not traceable and method == "kernel" and self.head == "direct"
+                and g == 1 and not _functorch_active()):  # in-place blocks: not under vmap
             return self._infer_kernel_blocked(x, pad, idx, ho, wo)
         with torch.autocast(x.device.type, enabled=False):
             patches = self._patch_means(x.to(acc), pad, idx, ho, wo)  # (B, N, C, T)
@@ -576,80 +512,69 @@ class A2D2Conv2d(TemperatureMixin, DynamicConvBase):
             if self.bias is not None:
                 pbar = pbar + self.bias.to(acc)
             pi = self._attention(pbar)  # (B, K, O)
-        return aggregated_conv2d(x, pi, self.weight, self.bias, self.stride, pad, self.dilation,
-                                 self.groups, method=method, traceable=traceable)
+        return mixed_conv2d(x, self.weight, pi, self.bias, self.stride, pad, self.dilation,
+                            self.groups, impl=method)
 
     def _infer_kernel_blocked(self, x: Tensor, pad: tuple[int, int], idx: Tensor | None,
                               ho: int, wo: int, block_bytes: int = 1 << 22) -> Tensor:
         """Kernel form without autograd, ``direct`` head, ``groups=1``: one weight read.
 
         With the ``direct`` head the softmax is per output channel, so the descriptor
-        ``p̄ = W_k · mean patch + b_k``, the softmax and the kernel mix can run per block of
-        output channels while the block's ``K`` weight rows are in cache: every base
-        weight is read from memory once instead of twice (at batch 1 a late layer is bound
-        by exactly that traffic). Same operations per element as the general path.
+        ``p̄ = W_k · mean patch + b_k``, the softmax and the kernel mix
+        (:func:`a2d2c.ops.mixed_conv.mix_kernels`) can run per block of output channels
+        while the block's ``K`` weight rows are in cache: every base weight is read from
+        memory once instead of twice (at batch 1 a late layer is bound by exactly that
+        traffic). The convolution is the op's kernel path
+        (:func:`a2d2c.ops.mixed_conv.per_sample_conv`).
         """
         b = x.shape[0]
         k, o = self.num_kernels, self.out_channels
         acc = self._acc_dtype()
-        cdt = torch.get_autocast_dtype(x.device.type) if torch.is_autocast_enabled(
-            x.device.type) else x.dtype
+        cdt = compute_dtype(x)
         with torch.autocast(x.device.type, enabled=False):
             patches = self._patch_means(x.to(acc), pad, idx, ho, wo)  # (B, N, C, T)
             n = patches.shape[1]
             patches = patches.reshape(b, n, -1)  # (B, N, m), m in the weight's (C, kh, kw) order
-            weight = self.weight.reshape(k, o, -1)
-            m = weight.shape[2]
-            kernels = torch.empty(b, o, m, dtype=self.weight.dtype, device=x.device)
+            weight = self.weight.reshape(k, o, self.weight.shape[2], -1)  # (K, O, C, T)
+            m = weight.shape[2] * weight.shape[3]
+            kernels = torch.empty(b, o, *weight.shape[2:], dtype=self.weight.dtype,
+                                  device=x.device)
             pi = torch.empty(b, k, o, dtype=acc, device=x.device)
             cols = patches.reshape(b * n, m).t()  # (m, B·N)
             step = max(1, block_bytes // max(1, k * m * weight.element_size()))
             for start in range(0, o, step):
                 stop = min(o, start + step)
-                w_blk = weight[:, start:stop]  # (K, Ob, m)
-                pbar = torch.matmul(w_blk.to(acc), cols).permute(2, 0, 1).reshape(
-                    b, n, k, stop - start)  # (K, Ob, B·N) -> (B, N, K, Ob)
+                w_blk = weight[:, start:stop]  # (K, Ob, C, T)
+                pbar = torch.matmul(w_blk.reshape(k * (stop - start), m).to(acc), cols)
+                pbar = pbar.view(k, stop - start, b, n).permute(2, 3, 0, 1)  # (B, N, K, Ob)
                 if self.bias is not None:
                     pbar = pbar + self.bias[:, start:stop].to(acc)
                 pi_blk = self._attention(pbar, slice(start, stop))  # (B, K, Ob)
                 pi[:, :, start:stop] = pi_blk
-                p = pi_blk.to(weight.dtype).unsqueeze(-1)
-                out = kernels[:, start:stop]
-                torch.mul(p[:, 0], w_blk[0], out=out)
-                for j in range(1, k):
-                    out.addcmul_(p[:, j], w_blk[j])
+                mix_kernels(pi_blk.to(weight.dtype).unsqueeze(-1), w_blk,
+                            out=kernels[:, start:stop], block_bytes=1 << 62)
             agg_bias = None
             if self.bias is not None:
                 agg_bias = torch.einsum("bko,ko->bo", pi.to(self.bias.dtype), self.bias)
-            y = F.conv2d(x.reshape(1, -1, *x.shape[2:]).to(cdt),
-                         kernels.view(b * o, -1, *self.kernel_size).to(cdt),
-                         None if agg_bias is None else agg_bias.reshape(-1).to(cdt),
-                         self.stride, pad, self.dilation, b)
-        return y.view(b, o, *y.shape[2:])
+            return per_sample_conv(x.to(cdt), kernels.to(cdt),
+                                   None if agg_bias is None else agg_bias.to(cdt),
+                                   self.kernel_size, self.stride, pad, self.dilation, 1)
 
     def _forward_plus(self, x: Tensor, pad: tuple[int, int], idx: Tensor | None,
                       ho: int, wo: int) -> Tensor:
         b = x.shape[0]
-        k, o, g = self.num_kernels, self.out_channels, self.groups
-        og = o // g
-        # Output channels of a grouped conv are group-major: order them (g, K, O/g).
-        weight = self.weight.view(k, g, og, *self.weight.shape[2:]).transpose(0, 1)
-        bias = None if self.bias is None else self.bias.view(k, g, og).transpose(0, 1).reshape(-1)
-        feats = F.conv2d(x, weight.reshape(g * k * og, *self.weight.shape[2:]), bias,
-                         self.stride, pad, self.dilation, g)
-        feats = feats.reshape(b, g, k, og, ho * wo)
+        k, o = self.num_kernels, self.out_channels
+        # F_k = conv(x, W_k) + b_k, all K at once: (B, K, O, H', W')
+        feats = plus_responses(x, self.weight, self.bias, self.stride, pad, self.dilation,
+                               self.groups)
         acc = self._acc_dtype()
         with torch.autocast(x.device.type, enabled=False):
             if idx is None:
-                pbar = feats.to(acc).mean(-1).unsqueeze(1)  # (B, 1, g, K, O/g)
+                pbar = feats.to(acc).mean((-2, -1)).unsqueeze(1)  # (B, 1, K, O)
             else:
                 n = idx.shape[1]
-                flat = idx.reshape(b, 1, -1).expand(b, g * k * og, -1)
-                pbar = feats.reshape(b, g * k * og, ho * wo).gather(2, flat).to(acc)
-                pbar = pbar.view(b, g, k, og, n, -1).mean(-1).permute(0, 4, 1, 2, 3)
-            pbar = pbar.transpose(2, 3).reshape(b, -1, k, o)  # (B, N, K, O)
+                flat = idx.reshape(b, 1, -1).expand(b, k * o, -1)
+                pbar = feats.reshape(b, k * o, ho * wo).gather(2, flat).to(acc)
+                pbar = pbar.view(b, k, o, n, -1).mean(-1).permute(0, 3, 1, 2)  # (B, N, K, O)
             pi = self._attention(pbar)
-            # in feats' dtype: CUDA autocast would run sum() in float32 and return float32
-            pi = pi.to(feats.dtype).view(b, k, g, og).transpose(1, 2).unsqueeze(-1)
-            y = (feats * pi).sum(2)
-        return y.view(b, o, ho, wo)
+        return mix_responses(feats, pi)

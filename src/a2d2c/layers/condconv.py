@@ -3,8 +3,10 @@
 ``K`` expert kernels ``W_k`` are mixed per sample by a routing function
 ``r = sigmoid(FC(GAP(x))) ∈ (0, 1)^K`` (independent sigmoids, *not* a softmax, so no
 temperature): ``y[b] = conv(x[b], Σ_k r[b, k] W_k) + Σ_k r[b, k] b_k``.
-The per-sample kernels are applied as one grouped convolution over the batch
-(:func:`a2d2c.layers._functional.aggregated_conv2d`), never a loop over samples.
+The mixture is :func:`a2d2c.ops.mixed_conv2d` with coefficients ``(B, K)``: the
+per-sample kernel form (one grouped convolution over the batch, or im2col + GEMM) or,
+since the routing does not depend on the tap, the plus form ``Σ_k r_k ⊙ conv(x, W_k)``;
+``impl="auto"`` picks the cheaper by the op's cost model. Never a loop over samples.
 """
 
 from __future__ import annotations
@@ -14,8 +16,9 @@ from collections.abc import Sequence
 import torch
 from torch import Tensor, nn
 
+from ..ops.mixed_conv import IMPLS, mixed_conv2d
+from ._base import check_choice
 from ._dynamic_functional import DynamicConvBase, attention_dtype, init_like_conv2d, linear
-from ._functional import aggregated_conv2d
 
 __all__ = ["CondConv2d"]
 
@@ -28,6 +31,8 @@ class CondConv2d(DynamicConvBase):
         padding_mode: as in :class:`torch.nn.Conv2d`.
         num_kernels: ``K``, the number of experts (the paper's ResNet/MobileNet results
             use 8).
+        impl: the path of :func:`a2d2c.ops.mixed_conv2d` (``"auto"``, ``"kernel"``,
+            ``"unfold"``, ``"plus"`` or ``"triton"``); all are exact.
 
     Attributes:
         weight: ``(K, O, C/groups, kh, kw)``, the experts.
@@ -51,12 +56,14 @@ class CondConv2d(DynamicConvBase):
         padding_mode: str = "zeros",
         *,
         num_kernels: int = 8,
+        impl: str = "auto",
         device: torch.device | str | None = None,
         dtype: torch.dtype | None = None,
     ) -> None:
         super().__init__()
         self._init_geometry(in_channels, out_channels, kernel_size, stride, padding,
                             dilation, groups, padding_mode)
+        self.impl = check_choice(impl, "impl", IMPLS)
         factory = {"device": device, "dtype": dtype}
         self._init_kernel_bank(num_kernels, bias, factory)
         self.routing = nn.Linear(in_channels, num_kernels, **factory)
@@ -68,7 +75,8 @@ class CondConv2d(DynamicConvBase):
         self.routing.reset_parameters()
 
     def extra_repr(self) -> str:
-        return self._geometry_repr(self.bias is not None) + f", K={self.num_kernels}"
+        impl = "" if self.impl == "auto" else f", impl={self.impl}"
+        return self._geometry_repr(self.bias is not None) + f", K={self.num_kernels}{impl}"
 
     def routing_weights(self, x: Tensor) -> Tensor:
         """``r = sigmoid(FC(GAP(x)))``: ``(B, K)``, computed in at least float32."""
@@ -79,8 +87,9 @@ class CondConv2d(DynamicConvBase):
 
     def forward(self, x: Tensor) -> Tensor:
         self._check_input(x)
+        if x.shape[0] == 0:
+            return self._empty_forward(x)
         r = self.routing_weights(x)
         x, pad = self.geometry.pad_input(x)
-        pi = r.unsqueeze(-1).expand(-1, -1, self.out_channels)  # (B, K, O)
-        return aggregated_conv2d(x, pi, self.weight, self.bias, self.stride, pad,
-                                 self.dilation, self.groups)
+        return mixed_conv2d(x, self.weight, r, self.bias, self.stride, pad, self.dilation,
+                            self.groups, impl=self.impl)

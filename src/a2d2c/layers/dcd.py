@@ -65,7 +65,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from ._base import check_positive_int
+from ._base import check_input_dtype, check_positive_int
 from ._dynamic_functional import (
     DynamicConvBase,
     attention_dtype,
@@ -161,7 +161,7 @@ def _reset_decomposition(layer: nn.Module) -> None:
 def _check_batch_stats(layer: nn.Module, values_per_channel: int) -> None:
     """BatchNorm in training needs more than one value per latent channel: say so clearly."""
     if (layer.training and isinstance(layer.norm_q, nn.modules.batchnorm._BatchNorm)
-            and values_per_channel <= 1):
+            and values_per_channel == 1):  # 0 (an empty batch) passes, as in BatchNorm
         raise ValueError(
             f"{type(layer).__name__} with latent_norm='batch' (the authors' latent BatchNorms) "
             "cannot train on one latent value per channel (batch size 1 with a 1x1 output): "
@@ -176,7 +176,9 @@ def _latent_fusion(layer: nn.Module, phi: Tensor, z: Tensor) -> Tensor:
     if layer.norm_q is not None:
         z = layer.norm_q(z)
     b = z.shape[0]
-    u = torch.bmm(phi.to(z.dtype), z.reshape(b, layer.latent_dim, -1)).view_as(z)
+    # the spatial size spelled out (not -1), so that an empty batch (B = 0) reshapes too
+    u = torch.bmm(phi.to(z.dtype), z.reshape(b, layer.latent_dim, math.prod(z.shape[2:])))
+    u = u.view_as(z)
     if layer.norm_phi is not None:
         u = layer.norm_phi(u)
     return u + z
@@ -293,6 +295,8 @@ class DCDConv2d(DynamicConvBase):
 
     def forward(self, x: Tensor) -> Tensor:
         self._check_input(x)
+        if x.shape[0] == 0:
+            return self._empty_forward(x)
         scale, phi = self.attention(x)
         x, pad = self.geometry.pad_input(x)
         y = F.conv2d(x, self.weight, self.bias, self.stride, pad, self.dilation)
@@ -370,6 +374,7 @@ class DCDLinear(nn.Module):
             shape = tuple(x.shape) if isinstance(x, Tensor) else type(x).__name__
             raise ValueError(f"DCDLinear expects input of shape (B, {self.in_features}), "
                              f"got {shape}")
+        check_input_dtype(x, self.weight.dtype, "DCDLinear")
         scale, phi = self.attention(x)
         _check_batch_stats(self, x.shape[0])
         y = F.linear(x, self.weight, self.bias) * scale.to(x.dtype)

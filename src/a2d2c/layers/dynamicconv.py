@@ -4,8 +4,9 @@
 ``π = softmax(FC₂(ReLU(FC₁(GAP(x)))) / τ)`` over the ``K`` kernels (one weight per kernel,
 shared by all output channels): ``y[b] = conv(x[b], Σ_k π[b,k] W_k) + Σ_k π[b,k] b_k``.
 The temperature ``τ`` is a buffer annealed 30 → 1 by :class:`a2d2c.TemperatureScheduler`
-exactly as for A²D²C (the paper's schedule). Applied as one grouped convolution over the
-batch (:func:`a2d2c.layers._functional.aggregated_conv2d`).
+exactly as for A²D²C (the paper's schedule). The mixture is :func:`a2d2c.ops.mixed_conv2d`
+with coefficients ``(B, K)``: the per-sample kernel form, or (the attention does not
+depend on the tap) the plus form; ``impl="auto"`` picks the cheaper.
 """
 
 from __future__ import annotations
@@ -16,7 +17,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from ._base import TemperatureMixin
+from ..ops.mixed_conv import IMPLS, mixed_conv2d
+from ._base import TemperatureMixin, check_choice
 from ._dynamic_functional import (
     DynamicConvBase,
     attention_dtype,
@@ -24,7 +26,6 @@ from ._dynamic_functional import (
     init_like_conv2d,
     linear,
 )
-from ._functional import aggregated_conv2d
 
 __all__ = ["DynamicConv2d"]
 
@@ -39,6 +40,8 @@ class DynamicConv2d(TemperatureMixin, DynamicConvBase):
         reduction: hidden width of the attention, ``h = max(int(C·reduction), 1)``
             (the paper's squeeze ratio 4, i.e. 0.25).
         temperature: initial softmax temperature ``τ`` (a buffer).
+        impl: the path of :func:`a2d2c.ops.mixed_conv2d` (``"auto"``, ``"kernel"``,
+            ``"unfold"``, ``"plus"`` or ``"triton"``); all are exact.
 
     Attributes:
         weight: ``(K, O, C/groups, kh, kw)``; bias: ``(K, O)`` or ``None``.
@@ -67,6 +70,7 @@ class DynamicConv2d(TemperatureMixin, DynamicConvBase):
         num_kernels: int = 4,
         reduction: float = 0.25,
         temperature: float = 1.0,
+        impl: str = "auto",
         device: torch.device | str | None = None,
         dtype: torch.dtype | None = None,
     ) -> None:
@@ -75,6 +79,7 @@ class DynamicConv2d(TemperatureMixin, DynamicConvBase):
                             dilation, groups, padding_mode)
         self.reduction = check_ratio(reduction, "reduction")
         self._init_temperature(temperature, device)
+        self.impl = check_choice(impl, "impl", IMPLS)
         factory = {"device": device, "dtype": dtype}
         self._init_kernel_bank(num_kernels, bias, factory)
         self.hidden_channels = max(int(in_channels * self.reduction), 1)
@@ -91,7 +96,8 @@ class DynamicConv2d(TemperatureMixin, DynamicConvBase):
     def extra_repr(self) -> str:
         return (self._geometry_repr(self.bias is not None)
                 + f", K={self.num_kernels}, hidden={self.hidden_channels}, "
-                f"temperature={float(self.temperature):g}")
+                f"temperature={float(self.temperature):g}"
+                + ("" if self.impl == "auto" else f", impl={self.impl}"))
 
     def attention(self, x: Tensor) -> Tensor:
         """``π = softmax(FC₂(ReLU(FC₁(GAP(x)))) / τ)``: ``(B, K)``, in at least float32."""
@@ -102,8 +108,9 @@ class DynamicConv2d(TemperatureMixin, DynamicConvBase):
 
     def forward(self, x: Tensor) -> Tensor:
         self._check_input(x)
+        if x.shape[0] == 0:
+            return self._empty_forward(x)
         pi = self.attention(x)
         x, pad = self.geometry.pad_input(x)
-        pi = pi.unsqueeze(-1).expand(-1, -1, self.out_channels)  # (B, K, O)
-        return aggregated_conv2d(x, pi, self.weight, self.bias, self.stride, pad,
-                                 self.dilation, self.groups)
+        return mixed_conv2d(x, self.weight, pi, self.bias, self.stride, pad, self.dilation,
+                            self.groups, impl=self.impl)

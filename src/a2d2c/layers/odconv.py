@@ -14,12 +14,12 @@ As in the official code, a head is left out (its attention is 1) where it is red
 the kernel head when ``K = 1``, the spatial head for ``1×1`` kernels, the filter head for
 depthwise convolutions (``C = O = groups``), which keeps the published parameter counts.
 
-Computation: the kernel and filter attentions are one per-output-channel mixing weight
-``π[b,k,o] = α_w[b,k]·α_f[b,o]``; the spatial and channel attentions scale the mixed
-kernel's taps and input channels; the per-sample kernels are applied as one grouped
-convolution over the batch by a custom autograd function that recomputes them in backward
-instead of saving them (:func:`~a2d2c.layers._dynamic_functional.omni_aggregated_conv2d`;
-the official code keeps ``B`` full kernels per layer alive for backward).
+Computation: :func:`a2d2c.ops.mixed_conv2d` with coefficients ``a[b,k,i,j] =
+α_w[b,k]·α_s[b,i,j]`` (``(B, K, kh, kw)``), ``in_scale = α_c`` and ``out_scale = α_f``;
+the op folds the scales into the per-sample kernel, which it recomputes in backward
+instead of saving it (the official code keeps ``B`` full kernels per layer alive for
+backward). With ``1×1`` kernels the coefficients do not depend on the tap and the plus
+form is exact too. The bias is ``α_f[b,o]·Σ_k α_w[b,k]·b_k[o]``, passed per sample.
 """
 
 from __future__ import annotations
@@ -30,14 +30,14 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from ._base import TemperatureMixin, check_positive_int
+from ..ops.mixed_conv import IMPLS, mixed_conv2d
+from ._base import TemperatureMixin, check_choice, check_positive_int
 from ._dynamic_functional import (
     DynamicConvBase,
     attention_dtype,
     check_ratio,
     init_like_conv2d,
     linear,
-    omni_aggregated_conv2d,
 )
 
 __all__ = ["ODConv2d"]
@@ -54,6 +54,8 @@ class ODConv2d(TemperatureMixin, DynamicConvBase):
         min_hidden: the bottleneck's minimum width (16 in the paper).
         temperature: initial ``τ`` (a buffer), dividing the logits of all four heads as
             in the official implementation; at ``τ = 1`` it has no effect.
+        impl: the path of :func:`a2d2c.ops.mixed_conv2d` (``"auto"``, ``"kernel"``,
+            ``"unfold"``, ``"triton"``, and ``"plus"`` for ``1×1`` kernels); all exact.
 
     Attributes:
         weight: ``(K, O, C/groups, kh, kw)``; bias: ``(K, O)`` or ``None``. The bias of
@@ -88,6 +90,7 @@ class ODConv2d(TemperatureMixin, DynamicConvBase):
         reduction: float = 0.0625,
         min_hidden: int = 16,
         temperature: float = 1.0,
+        impl: str = "auto",
         device: torch.device | str | None = None,
         dtype: torch.dtype | None = None,
     ) -> None:
@@ -97,10 +100,15 @@ class ODConv2d(TemperatureMixin, DynamicConvBase):
         self.reduction = check_ratio(reduction, "reduction")
         self.min_hidden = check_positive_int(min_hidden, "min_hidden")
         self._init_temperature(temperature, device)
+        self.impl = check_choice(impl, "impl", IMPLS)
         factory = {"device": device, "dtype": dtype}
         self._init_kernel_bank(num_kernels, bias, factory)
         h = self.hidden_channels = max(int(in_channels * self.reduction), self.min_hidden)
         taps = g.kernel_size[0] * g.kernel_size[1]
+        if impl == "plus" and taps > 1:
+            raise ValueError(
+                "impl='plus' is exact for ODConv only with 1x1 kernels (its spatial attention "
+                f"depends on the tap), got kernel_size={g.kernel_size}; use 'auto' or 'kernel'")
         depthwise = in_channels == groups == out_channels
         self.fc = nn.Linear(in_channels, h, **factory)
         self.channel_fc = nn.Linear(h, in_channels, **factory)
@@ -122,7 +130,8 @@ class ODConv2d(TemperatureMixin, DynamicConvBase):
                  if fc is not None]
         return (self._geometry_repr(self.bias is not None)
                 + f", K={self.num_kernels}, hidden={self.hidden_channels}, "
-                f"heads={'+'.join(heads)}, temperature={float(self.temperature):g}")
+                f"heads={'+'.join(heads)}, temperature={float(self.temperature):g}"
+                + ("" if self.impl == "auto" else f", impl={self.impl}"))
 
     def attentions(self, x: Tensor) -> dict[str, Tensor | None]:
         """The four attentions for input ``x``, in at least float32.
@@ -144,13 +153,22 @@ class ODConv2d(TemperatureMixin, DynamicConvBase):
 
     def forward(self, x: Tensor) -> Tensor:
         self._check_input(x)
+        if x.shape[0] == 0:
+            return self._empty_forward(x)
         att = self.attentions(x)
         channel, filt, kernel_att = att["channel"], att["filter"], att["kernel"]
-        b, o = x.shape[0], self.out_channels
+        spatial = att["spatial"]
         if kernel_att is None:
-            kernel_att = channel.new_ones(b, 1)
-        pi = kernel_att.unsqueeze(-1)  # (B, K, 1)
-        pi = pi * filt.unsqueeze(1) if filt is not None else pi.expand(-1, -1, o)
+            kernel_att = channel.new_ones(x.shape[0], 1)
+        coeff = kernel_att  # (B, K)
+        if spatial is not None:  # (B, K, kh, kw): kernel × spatial attention
+            coeff = kernel_att[:, :, None, None] * spatial.view(-1, 1, *self.kernel_size)
+        bias = None
+        if self.bias is not None:  # α_f ⊙ Σ_k α_w b_k, per sample
+            bias = kernel_att.to(self.bias.dtype) @ self.bias
+            if filt is not None:
+                bias = bias * filt.to(bias.dtype)
+            bias = bias[:, :, None, None]  # (B, O, 1, 1): a per-sample bias
         x, pad = self.geometry.pad_input(x)
-        return omni_aggregated_conv2d(x, pi, self.weight, self.bias, att["spatial"], channel,
-                                      self.stride, pad, self.dilation, self.groups)
+        return mixed_conv2d(x, self.weight, coeff, bias, self.stride, pad, self.dilation,
+                            self.groups, in_scale=channel, out_scale=filt, impl=self.impl)

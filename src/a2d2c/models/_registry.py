@@ -16,6 +16,7 @@ from __future__ import annotations
 import difflib
 import fnmatch
 import inspect
+import os
 from collections.abc import Callable
 
 from torch import nn
@@ -97,6 +98,7 @@ def model_arguments(name: str) -> list[str] | None:
 
 
 def create_model(name: str, *, num_classes: int = 1000, in_chans: int = 3,
+                 pretrained: bool | str | os.PathLike | None = None,
                  **overrides) -> nn.Module:
     """Build the registered model ``name``.
 
@@ -104,6 +106,11 @@ def create_model(name: str, *, num_classes: int = 1000, in_chans: int = 3,
         name: a registered name (:func:`list_models`), e.g. ``"resnet18_a2d2c"``.
         num_classes: classifier outputs.
         in_chans: input image channels.
+        pretrained: initial weights: ``True`` (torchvision's ImageNet weights of the static
+            architecture, from the torch hub cache), a ``.pth``/``.pt``/``.safetensors``
+            file, or ``"timm:<name>"``; dynamic layers receive static weights by the rule
+            of :func:`a2d2c.layers.transfer.init_from_static` (see
+            :func:`a2d2c.models._pretrained.load_pretrained`). ``None``/``False``: random.
         **overrides: builder arguments, e.g. ``conv``, ``num_kernels``, ``placement``,
             ``conv_kwargs``, ``stem``, ``width_mult``, ``norm_layer``, ``variant``
             (ResNet-50). An argument the model does not take raises ``TypeError``
@@ -122,4 +129,9 @@ def create_model(name: str, *, num_classes: int = 1000, in_chans: int = 3,
         raise TypeError(
             f"model {name!r} got unexpected argument(s):{hints}; it accepts {sorted(accepted)}"
         )
-    return fn(num_classes=num_classes, in_chans=in_chans, **overrides)
+    model = fn(num_classes=num_classes, in_chans=in_chans, **overrides)
+    if pretrained is not None and pretrained is not False:
+        from ._pretrained import load_pretrained
+
+        load_pretrained(model, pretrained)
+    return model

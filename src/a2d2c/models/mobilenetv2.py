@@ -142,6 +142,7 @@ class MobileNetV2(nn.Module):
             make.make_classifier("classifier.1", self.last_channel, num_classes),
         )
         self.num_classes = num_classes
+        self._make = make  # reset_classifier builds the same kind of classifier
         # timm's FeatureListNet must walk into ``features`` to reach the blocks.
         self.feature_flatten_sequential = True
         self.dynamic_convs = list(make.built)
@@ -159,6 +160,23 @@ class MobileNetV2(nn.Module):
             elif isinstance(m, nn.Linear):
                 nn.init.normal_(m.weight, 0, 0.01)
                 nn.init.zeros_(m.bias)
+
+    def get_classifier(self) -> nn.Module:
+        return self.classifier[1]
+
+    def reset_classifier(self, num_classes: int) -> None:
+        """A new, freshly initialised classifier with ``num_classes`` outputs (``0``: an
+        identity, the pooled features); a dynamic classifier stays dynamic (timm's API)."""
+        _check_common(num_classes, 1, 1.0)
+        head = self._make.make_classifier("classifier.1", self.last_channel, num_classes)
+        if isinstance(head, nn.Linear):  # the initialisation of _init_weights
+            nn.init.normal_(head.weight, 0, 0.01)
+            nn.init.zeros_(head.bias)
+        self.classifier[1] = head.to(self.features[0][0].weight.device)
+        self.num_classes = num_classes
+        self.dynamic_convs = [n for n in self.dynamic_convs if n != "classifier.1"] + (
+            ["classifier.1"] if "classifier.1" in self._make.built[-1:] and num_classes
+            else [])
 
     def forward_features(self, x: Tensor) -> Tensor:
         x = self.features(x)

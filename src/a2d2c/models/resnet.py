@@ -25,6 +25,7 @@ from typing import Any
 
 import torch
 from torch import Tensor, nn
+from torchvision.ops import StochasticDepth
 
 from ._placement import ConvMaker, ConvSite, PlacementArg, TerminalLayer, backbone_modules
 from ._registry import register_builder, register_model
@@ -36,6 +37,11 @@ STEMS = ("imagenet", "cifar")
 VARIANTS = ("v1", "v1.5")
 
 
+def _drop_path(p: float) -> nn.Module:
+    """Stochastic depth on the residual branch (torchvision's, per sample); identity at 0."""
+    return StochasticDepth(p, "row") if p > 0 else nn.Identity()
+
+
 class BasicBlock(nn.Module):
     """Two 3×3 convs with an identity (or 1×1 projection) shortcut."""
 
@@ -43,8 +49,9 @@ class BasicBlock(nn.Module):
 
     def __init__(self, inplanes: int, planes: int, stride: int, downsample: nn.Module | None,
                  norm_layer: NormLayer, make: ConvMaker, prefix: str,
-                 variant: str = "v1.5") -> None:
+                 variant: str = "v1.5", drop_path: float = 0.0) -> None:
         super().__init__()
+        self.drop_path = _drop_path(drop_path)
         self.conv1 = make(ConvSite(f"{prefix}.conv1", "block", 3, first_in_block=True),
                           inplanes, planes, 3, stride, 1)
         self.bn1 = norm_layer(planes)
@@ -58,7 +65,7 @@ class BasicBlock(nn.Module):
         identity = x if self.downsample is None else self.downsample(x)
         out = self.relu(self.bn1(self.conv1(x)))
         out = self.bn2(self.conv2(out))
-        return self.relu(out + identity)
+        return self.relu(self.drop_path(out) + identity)
 
 
 class Bottleneck(nn.Module):
@@ -68,8 +75,9 @@ class Bottleneck(nn.Module):
 
     def __init__(self, inplanes: int, planes: int, stride: int, downsample: nn.Module | None,
                  norm_layer: NormLayer, make: ConvMaker, prefix: str,
-                 variant: str = "v1.5") -> None:
+                 variant: str = "v1.5", drop_path: float = 0.0) -> None:
         super().__init__()
+        self.drop_path = _drop_path(drop_path)
         s1, s2 = (stride, 1) if variant == "v1" else (1, stride)
         self.conv1 = make(ConvSite(f"{prefix}.conv1", "block", 1, first_in_block=True),
                           inplanes, planes, 1, s1, 0)
@@ -88,7 +96,7 @@ class Bottleneck(nn.Module):
         out = self.relu(self.bn1(self.conv1(x)))
         out = self.relu(self.bn2(self.conv2(out)))
         out = self.bn3(self.conv3(out))
-        return self.relu(out + identity)
+        return self.relu(self.drop_path(out) + identity)
 
 
 class ResNet(nn.Module):
@@ -106,6 +114,9 @@ class ResNet(nn.Module):
         norm_layer: normalisation constructor ``f(num_features)``, default
             ``nn.BatchNorm2d`` (e.g. ``torchvision.ops.FrozenBatchNorm2d``).
         variant: ``"v1.5"`` or ``"v1"`` (where a bottleneck puts its stride).
+        drop_path_rate: stochastic depth (``torchvision.ops.StochasticDepth``, per
+            sample) on the residual branches, rising linearly from 0 in the first block
+            to ``drop_path_rate`` in the last (timm's rule).
     """
 
     def __init__(
@@ -119,9 +130,15 @@ class ResNet(nn.Module):
         width_mult: float = 1.0,
         norm_layer: NormLayer | None = None,
         variant: str = "v1.5",
+        drop_path_rate: float = 0.0,
     ) -> None:
         super().__init__()
         make = ConvMaker("resnet18") if make is None else make
+        if isinstance(drop_path_rate, bool) or not isinstance(drop_path_rate, (int, float)) or (
+                not 0 <= drop_path_rate < 1):
+            raise ValueError(f"drop_path_rate must be in [0, 1), got {drop_path_rate!r}")
+        total = sum(layers)
+        self._drop_rates = [drop_path_rate * i / max(total - 1, 1) for i in range(total)]
         _check_common(num_classes, in_chans, width_mult)
         if stem not in STEMS:
             raise ValueError(f"stem must be one of {STEMS}, got {stem!r}")
@@ -155,6 +172,7 @@ class ResNet(nn.Module):
         self.avgpool = nn.AdaptiveAvgPool2d((1, 1))
         self.fc = make.make_classifier("fc", self.num_features, num_classes)
         self.num_classes = num_classes
+        self._make = make  # reset_classifier builds the same kind of classifier
 
         r = 4 if stem == "imagenet" else 1
         self.feature_info = [dict(num_chs=widths[0], reduction=r // 2 or 1, module="relu")] + [
@@ -177,10 +195,10 @@ class ResNet(nn.Module):
                 norm_layer(planes * block.expansion),
             )
         layers = [block(self.inplanes, planes, stride, downsample, norm_layer, make,
-                        f"{prefix}.0", variant)]
+                        f"{prefix}.0", variant, self._drop_rates.pop(0))]
         self.inplanes = planes * block.expansion
         layers += [block(self.inplanes, planes, 1, None, norm_layer, make, f"{prefix}.{i}",
-                         variant) for i in range(1, blocks)]
+                         variant, self._drop_rates.pop(0)) for i in range(1, blocks)]
         return nn.Sequential(*layers)
 
     def _init_weights(self) -> None:
@@ -192,6 +210,19 @@ class ResNet(nn.Module):
             elif isinstance(m, (nn.BatchNorm2d, nn.GroupNorm)):
                 nn.init.constant_(m.weight, 1)
                 nn.init.constant_(m.bias, 0)
+
+    def get_classifier(self) -> nn.Module:
+        return self.fc
+
+    def reset_classifier(self, num_classes: int) -> None:
+        """A new, freshly initialised classifier with ``num_classes`` outputs (``0``: an
+        identity, the pooled features); a dynamic classifier stays dynamic (timm's API)."""
+        _check_common(num_classes, 1, 1.0)
+        self.fc = self._make.make_classifier("fc", self.num_features, num_classes).to(
+            self.bn1.weight.device)
+        self.num_classes = num_classes
+        self.dynamic_convs = [n for n in self.dynamic_convs if n != "fc"] + (
+            ["fc"] if "fc" in self._make.built[-1:] and num_classes else [])
 
     def forward_features(self, x: Tensor) -> Tensor:
         x = self.maxpool(self.relu(self.bn1(self.conv1(x))))
@@ -239,13 +270,14 @@ def _resnet(
     norm_layer: NormLayer | None = None,
     variant: str | None = None,
     classifier: str | None = None,
+    drop_path_rate: float = 0.0,
 ) -> ResNet:
     block, layers = _ARCHS[arch]
     if variant is not None and block is BasicBlock:
         raise ValueError(f"variant applies to bottleneck ResNets only, not {arch}")
     make = ConvMaker(arch, conv, num_kernels, placement, conv_kwargs or {}, classifier)
     model = ResNet(block, layers, num_classes, in_chans, make, stem, width_mult, norm_layer,
-                   variant or "v1.5")
+                   variant or "v1.5", drop_path_rate)
     make.check_used(arch)
     model.model_args = dict(arch=arch, conv=conv, num_kernels=num_kernels,
                             placement=make.resolved_placement, conv_kwargs=make.conv_kwargs,

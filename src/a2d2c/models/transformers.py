@@ -41,10 +41,9 @@ def _timm_transformer(
     window_size: int | None = None,
     drop_path_rate: float = 0.0,
 ) -> nn.Module:
-    try:
-        import timm
-    except ImportError as exc:  # pragma: no cover - timm is a declared extra
-        raise ImportError(f"{arch} is built by timm: pip install 'a2d2c[timm]'") from exc
+    from .._optional import require
+
+    timm = require("timm", f"model {arch!r}")
     if stem not in STEMS:
         raise ValueError(f"stem must be one of {STEMS}, got {stem!r}")
     timm_name, patch, window = _CONFIGS[arch]

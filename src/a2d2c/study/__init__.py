@@ -1,6 +1,6 @@
 """Named studies: grids of variants × seeds, reported as paired comparisons.
 
-``a2d2c study <name>`` runs ``configs/studies/<name>.yaml`` (resumable) and writes
+``a2d2c study <name>`` runs the shipped study ``<name>`` (resumable) and writes
 ``results/<name>.md`` and ``results/<name>.png``; see :mod:`a2d2c.study.runner`.
 """
 

@@ -114,8 +114,9 @@ def summarize_study(spec: StudySpec, records: list[RunRecord], command: str = ""
 
 def plot_study(spec: StudySpec, records: list[RunRecord], path: str | os.PathLike) -> Path:
     """Top-1 per variant (every seed as a dot, mean ± sd as a bar) as a PNG."""
-    import matplotlib
+    from .._optional import require
 
+    matplotlib = require("matplotlib", "the study plot")
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 

@@ -1,6 +1,6 @@
 """Named studies: a grid of variants × seeds trained with one recipe, resumable.
 
-A study is a YAML file (``configs/studies/<name>.yaml``)::
+A study is a YAML file (shipped: ``a2d2c/configs/studies/<name>.yaml``, or any path)::
 
     title: Main comparison (Tables 1/4 analogue)
     recipe: ../study_fashion_mnist.yaml      # a training recipe, relative to this file
@@ -45,8 +45,6 @@ __all__ = [
     "study_dir",
 ]
 
-#: where the named studies live, relative to the repository root
-STUDY_CONFIG_DIR = Path("configs") / "studies"
 
 
 class StudyError(ValueError):
@@ -93,18 +91,21 @@ class RunRecord:
 
 
 def study_dir(root: str | os.PathLike | None = None) -> Path:
-    return Path(root) if root is not None else STUDY_CONFIG_DIR
+    """``root``, or the folder of the studies shipped in the package."""
+    from ..resources import studies_root
+
+    return Path(root) if root is not None else studies_root()
 
 
 def list_studies(root: str | os.PathLike | None = None) -> list[str]:
-    """Names of the study files under ``configs/studies/``."""
+    """Names of the study files in ``root`` (default: the shipped studies)."""
     d = study_dir(root)
     return sorted(p.stem for p in d.glob("*.yaml")) if d.is_dir() else []
 
 
 def load_study(name_or_path: str | os.PathLike,
                root: str | os.PathLike | None = None) -> StudySpec:
-    """Read a study by name (``configs/studies/<name>.yaml``) or by path."""
+    """Read a study by name (a shipped study, or one in ``root``) or by path."""
     path = Path(name_or_path)
     if not path.suffix:
         path = study_dir(root) / f"{name_or_path}.yaml"

@@ -1,0 +1,246 @@
+"""``a2d2c.ops.mixed_conv2d`` against a float64 loop written from its definition.
+
+The oracle forms every per-sample kernel ``W̃[b][o,c,i,j] = Σ_k a[b,k,o,i,j] W_k[o,c,i,j]``
+by explicit loops over the coefficient's broadcast, scales the input channels, convolves
+every output position as a dot product with its (zero-padded) input patch and adds the
+bias ``Σ_k a[b,k,o] b_k[o]`` (or the per-sample bias): it shares no code with the op.
+"""
+
+from __future__ import annotations
+
+import pytest
+import torch
+import torch.nn.functional as F
+from torch.utils._python_dispatch import TorchDispatchMode
+
+from a2d2c import CondConv2d, DynamicConv2d, ODConv2d
+from a2d2c.ops import mixed_conv2d
+from a2d2c.ops.cost import choose_impl
+
+D = torch.float64
+
+
+def full_coeff(coeff, b, k, o, kh, kw):
+    """``coeff`` as ``(B, K, O, kh, kw)``, broadcast by its documented shape rules."""
+    out = torch.zeros(b, k, o, kh, kw, dtype=coeff.dtype)
+    for bi in range(b):
+        for ki in range(k):
+            for oi in range(o):
+                for i in range(kh):
+                    for j in range(kw):
+                        src = min(bi, coeff.shape[0] - 1)
+                        if coeff.dim() == 2:
+                            v = coeff[src, ki]
+                        elif coeff.dim() == 3:
+                            v = coeff[src, ki, min(oi, coeff.shape[2] - 1)]
+                        elif coeff.dim() == 4:
+                            v = coeff[src, ki, min(i, coeff.shape[2] - 1),
+                                      min(j, coeff.shape[3] - 1)]
+                        else:
+                            v = coeff[src, ki, min(oi, coeff.shape[2] - 1),
+                                      min(i, coeff.shape[3] - 1), min(j, coeff.shape[4] - 1)]
+                        out[bi, ki, oi, i, j] = v
+    return out
+
+
+def oracle(x, weight, coeff, bias, stride, padding, dilation, groups, in_scale, out_scale):
+    b, _, h, w = x.shape
+    k, o, cg, kh, kw = weight.shape
+    a = full_coeff(coeff, b, k, o, kh, kw)
+    (sh, sw), (ph, pw), (dh, dw) = stride, padding, dilation
+    ho = (h + 2 * ph - dh * (kh - 1) - 1) // sh + 1
+    wo = (w + 2 * pw - dw * (kw - 1) - 1) // sw + 1
+    xp = F.pad(x, (pw, pw, ph, ph))
+    og = o // groups
+    rows = []
+    for bi in range(b):
+        xs = xp[bi] if in_scale is None else xp[bi] * in_scale[bi][:, None, None]
+        chans = []
+        for oi in range(o):
+            kern = sum(a[bi, ki, oi] * weight[ki, oi] for ki in range(k))  # (Cg, kh, kw)
+            g = oi // og
+            xg = xs[g * cg:(g + 1) * cg]
+            vals = []
+            for yy in range(ho):
+                for xx in range(wo):
+                    patch = xg[:, yy * sh:yy * sh + dh * (kh - 1) + 1:dh,
+                               xx * sw:xx * sw + dw * (kw - 1) + 1:dw]
+                    vals.append((patch * kern).sum())
+            ch = torch.stack(vals).view(ho, wo)
+            if out_scale is not None:
+                ch = ch * out_scale[bi, oi]
+            if bias is not None:
+                if bias.shape == (k, o):
+                    ch = ch + sum(a[bi, ki, oi, 0, 0] * bias[ki, oi] for ki in range(k))
+                elif bias.dim() == 1:
+                    ch = ch + bias[oi]
+                else:
+                    ch = ch + bias[min(bi, bias.shape[0] - 1), oi, 0, 0]
+            chans.append(ch)
+        rows.append(torch.stack(chans))
+    return torch.stack(rows)
+
+
+B, K, O, C = 2, 3, 4, 4
+# name: (coeff shape, kernel size); "T" marks a tap-dependent coefficient
+COEFFS = {
+    "BK": ((B, K), (3, 2)),
+    "1K": ((1, K), (3, 2)),
+    "BKO": ((B, K, O), (3, 2)),
+    "BK1": ((B, K, 1), (3, 3)),
+    "BKkk": ((B, K, 3, 2), (3, 2)),
+    "BK1k": ((B, K, 1, 2), (3, 2)),
+    "BKOkk": ((B, K, O, 3, 2), (3, 2)),
+    "BKO11": ((B, K, O, 1, 1), (3, 2)),
+    "BK1kk": ((B, K, 1, 3, 2), (3, 2)),
+    "BKkk_1x1": ((B, K, 1, 1), (1, 1)),
+}
+GEOMETRIES = {
+    "plain": dict(stride=(1, 1), padding=(0, 0), dilation=(1, 1), groups=1, hw=(5, 6)),
+    "strided": dict(stride=(2, 1), padding=(1, 0), dilation=(1, 2), groups=2, hw=(7, 5)),
+    "dilated": dict(stride=(1, 2), padding=(2, 1), dilation=(2, 1), groups=4, hw=(6, 7)),
+}
+
+
+def _tap_dependent(shape, ksize):
+    return len(shape) >= 4 and shape[-1] * shape[-2] > 1 and ksize[0] * ksize[1] > 1
+
+
+def _make(coeff_name, geo_name, bias_kind, scales, seed=0):
+    torch.manual_seed(seed)
+    shape, (kh, kw) = COEFFS[coeff_name]
+    geo = GEOMETRIES[geo_name]
+    g = geo["groups"]
+    x = torch.randn(B, C, *geo["hw"], dtype=D, requires_grad=True)
+    weight = torch.randn(K, O, C // g, kh, kw, dtype=D, requires_grad=True)
+    coeff = torch.rand(*shape, dtype=D, requires_grad=True)
+    bias = {"none": None, "KO": (K, O), "BO": (B, O, 1, 1), "O": (O,)}[bias_kind]
+    bias = None if bias is None else torch.randn(*bias, dtype=D, requires_grad=True)
+    s_in = torch.rand(B, C, dtype=D, requires_grad=True) if "in" in scales else None
+    s_out = torch.rand(B, O, dtype=D, requires_grad=True) if "out" in scales else None
+    args = dict(stride=geo["stride"], padding=geo["padding"], dilation=geo["dilation"],
+                groups=g)
+    return x, weight, coeff, bias, s_in, s_out, args
+
+
+def _grads(out, tensors, seed=1):
+    torch.manual_seed(seed)
+    gy = torch.randn_like(out)
+    live = [t for t in tensors if t is not None]
+    return torch.autograd.grad(out, live, gy)
+
+
+def _check(impl, coeff_name, geo_name, bias_kind, scales):
+    x, weight, coeff, bias, s_in, s_out, args = _make(coeff_name, geo_name, bias_kind, scales)
+    tensors = (x, weight, coeff, bias, s_in, s_out)
+    want = oracle(x, weight, coeff, bias, args["stride"], args["padding"], args["dilation"],
+                  args["groups"], s_in, s_out)
+    got = mixed_conv2d(x, weight, coeff, bias, **args, in_scale=s_in, out_scale=s_out,
+                       impl=impl)
+    assert got.shape == want.shape
+    torch.testing.assert_close(got, want)
+    for g_got, g_want in zip(_grads(got, tensors), _grads(want, tensors), strict=True):
+        torch.testing.assert_close(g_got, g_want)
+
+
+CASES = [
+    # every coefficient shape, with and without scales and bias, on the three geometries
+    (c, geo, bias, scales)
+    for c in COEFFS
+    for geo, bias, scales in (("plain", "none", ""), ("strided", "BO", "in+out"),
+                              ("dilated", "O", "out"))
+] + [(c, "strided", "KO", "in") for c in COEFFS
+     if not _tap_dependent(*COEFFS[c])]
+
+
+@pytest.mark.parametrize("impl", ["kernel", "unfold", "plus"])
+@pytest.mark.parametrize("coeff_name,geo_name,bias_kind,scales", CASES)
+def test_matches_float64_loop_oracle(impl, coeff_name, geo_name, bias_kind, scales):
+    if impl == "plus" and _tap_dependent(*COEFFS[coeff_name]):
+        pytest.skip("the plus form is not exact for tap-dependent coefficients")
+    _check(impl, coeff_name, geo_name, bias_kind, scales)
+
+
+@pytest.mark.parametrize("coeff_name", ["BKO", "BKkk"])
+def test_auto_matches_oracle(coeff_name):
+    _check("auto", coeff_name, "strided", "BO", "in+out")
+
+
+def test_plus_rejects_tap_dependent_coefficients():
+    x, weight, coeff, *_ = _make("BKkk", "plain", "none", "")
+    with pytest.raises(ValueError, match="impl='plus' is exact only"):
+        mixed_conv2d(x, weight, coeff, impl="plus")
+    with pytest.raises(ValueError, match=r"bias of shape \(K, O\)"):
+        mixed_conv2d(x, weight, coeff, torch.zeros(K, O, dtype=D))
+
+
+@pytest.mark.parametrize("bad,match", [
+    (dict(coeff=torch.zeros(B, K + 1)), "coeff must have shape"),
+    (dict(coeff=torch.zeros(B, K, O, 2)), "coeff must have shape"),
+    (dict(bias=torch.zeros(K, O + 1)), "bias must have shape"),
+    (dict(in_scale=torch.zeros(B, C + 1)), "in_scale must have shape"),
+    (dict(out_scale=torch.zeros(3, O)), "out_scale must have shape"),
+    (dict(groups=3), "groups=3 needs"),
+    (dict(impl="fast"), "impl must be one of"),
+])
+def test_errors_name_the_bad_argument(bad, match):
+    args = dict(x=torch.randn(B, C, 5, 5), weight=torch.randn(K, O, C, 3, 3),
+                coeff=torch.rand(B, K))
+    args.update(bad)
+    with pytest.raises(ValueError, match=match):
+        mixed_conv2d(**args)
+
+
+def test_gradcheck_kernel_form_with_everything():
+    x, weight, coeff, bias, s_in, s_out, args = _make("BK1kk", "strided", "BO", "in+out")
+
+    def fn(x, weight, coeff, bias, s_in, s_out):
+        return mixed_conv2d(x, weight, coeff, bias, **args, in_scale=s_in, out_scale=s_out,
+                            impl="kernel")
+
+    assert torch.autograd.gradcheck(fn, (x, weight, coeff, bias, s_in, s_out), fast_mode=True)
+
+
+def test_autocast_bf16_runs_the_conv_in_bf16():
+    x, weight, coeff, *_ = _make("BKO", "plain", "KO", "out")
+    x32, w32, c32 = x.float(), weight.float(), coeff.float()
+    for impl in ("kernel", "unfold", "plus"):
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            y = mixed_conv2d(x32, w32, c32, impl=impl)
+        assert y.dtype == torch.bfloat16
+        torch.testing.assert_close(y.double(), oracle(x, weight, coeff, None, (1, 1), (0, 0),
+                                                      (1, 1), 1, None, None),
+                                   atol=0.1, rtol=0.05)
+
+
+class _ConvShapes(TorchDispatchMode):
+    def __init__(self):
+        super().__init__()
+        self.weights = []
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        if func.overloadpacket in (torch.ops.aten.convolution, torch.ops.aten.mkldnn_convolution,
+                                   torch.ops.aten._convolution):
+            self.weights.append(tuple(args[1].shape))
+        return func(*args, **(kwargs or {}))
+
+
+@pytest.mark.parametrize("layer_cls", [CondConv2d, DynamicConv2d, ODConv2d])
+def test_auto_picks_an_exact_path_per_layer_type(layer_cls):
+    """Small maps, training: the plus form (one dense K·O conv) wherever it is exact."""
+    layer = layer_cls(128, 128, 3, padding=1, num_kernels=4)
+    x = torch.randn(32, 128, 4, 4, requires_grad=True)
+    with _ConvShapes() as seen:
+        layer(x)
+    plus_exact = layer_cls is not ODConv2d  # ODConv's spatial attention depends on the tap
+    assert seen.weights == [(4 * 128, 128, 3, 3) if plus_exact else (32 * 128, 128, 3, 3)]
+    # large maps: the per-sample kernel form (B·O output channels, one grouped conv)
+    x = torch.randn(2, 128, 32, 32)
+    with torch.no_grad(), _ConvShapes() as seen:
+        layer(x)
+    assert seen.weights == [(2 * 128, 128, 3, 3)]
+    # candidates are respected: the cost model never returns a path it was not offered
+    shape = dict(batch=32, in_channels=128, out_channels=128, kernel_size=(3, 3), groups=1,
+                 output_size=(4, 4), num_kernels=4, training=True, device_type="cuda")
+    assert choose_impl(**shape) == "plus"
+    assert choose_impl(candidates=("kernel", "unfold"), **shape) != "plus"
