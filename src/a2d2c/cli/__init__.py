@@ -29,6 +29,8 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "study": ("a2d2c.cli.study", "run a named study (variants x seeds, resumable) and write "
               "its table and plot under results/"),
     "bench": ("a2d2c.cli.bench", "speed and memory of static, A2D2C and baselines"),
+    "inspect": ("a2d2c.cli.inspect", "attention diagnostics of a checkpoint's dynamic layers "
+                "(is the attention input-dependent?): a table and a PNG"),
     "configs": ("a2d2c.cli.configs", "list the shipped recipes (or print one with --show)"),
     "models": ("a2d2c.cli.models", "list the registered models"),
 }

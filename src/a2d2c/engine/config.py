@@ -194,6 +194,9 @@ class TrainConfig:
     tensorboard: bool = False
     #: CPU threads per process (0: leave torch's default)
     threads: int = 0
+    #: validation images (the first N) for the per-epoch attention diagnostics of
+    #: dynamic models (a2d2c.diagnostics, in metrics.jsonl and the progress line; 0: off)
+    attention_stats: int = 64
 
 
 @dataclass
@@ -471,6 +474,8 @@ def validate_config(cfg: Config, *, check_model: bool = True) -> None:
         _fail("train.checkpoint_every", t.checkpoint_every, "must be >= 0")
     if t.threads < 0:
         _fail("train.threads", t.threads, "must be >= 0")
+    if t.attention_stats < 0:
+        _fail("train.attention_stats", t.attention_stats, "must be >= 0 (0: off)")
     dev = t.device
     if not (dev in ("auto", "cpu", "cuda") or (dev.startswith("cuda:") and dev[5:].isdigit())):
         _fail("train.device", dev, "use auto, cpu, cuda or cuda:N")

@@ -356,6 +356,27 @@ def _seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
+def _attention_diagnostics(model: nn.Module, val_set: Any, images: int,
+                           device: torch.device, is_main: bool) -> tuple[dict[str, Any], str]:
+    """Per-epoch attention diagnostics of a dynamic model (``train.attention_stats``).
+
+    :func:`a2d2c.diagnostics.attention_stats` on the first ``images`` validation images
+    (the same every epoch; eval mode, no gradients, no RNG drawn), on rank 0 only. Returns
+    the metrics-row entries ``attn_<head>_<statistic>`` (means over the layers) and the
+    progress-line summary; nothing for a static model or with ``images == 0``.
+    """
+    from ..diagnostics import attention_stats, dynamic_layers
+
+    if not images or not is_main or not dynamic_layers(model):
+        return {}, ""
+    n = min(images, len(val_set))
+    batch = torch.stack([val_set[(i, 0)][0] for i in range(n)])
+    report = attention_stats(model, batch, device=device)
+    entries = {f"attn_{head}_{k}": v for head, stats in report.summary().items()
+               for k, v in stats.items() if v is not None}
+    return entries, report.summary_line()
+
+
 def _isatty() -> bool:
     try:
         return sys.stdout.isatty()
@@ -683,6 +704,8 @@ def _fit(cfg: Config, ctx: DistContext, resume: str | os.PathLike | None, stop: 
                               channels_last=t.channels_last)
                 row.update(ema_val_loss=ev["loss"], ema_val_top1=ev["top1"],
                            ema_val_top5=ev["top5"])
+        attn = _attention_diagnostics(model, val_set, t.attention_stats, device, ctx.is_main)
+        row.update(attn[0])
         is_best = "val_top1" in row and (best_top1 is None or row["val_top1"] > best_top1)
         if is_best:
             best_top1 = row["val_top1"]
@@ -695,7 +718,7 @@ def _fit(cfg: Config, ctx: DistContext, resume: str | os.PathLike | None, stop: 
              + (f"EMA top-1 {row['ema_val_top1']:.2f}% | " if "ema_val_top1" in row else "")
              + f"lr {row['lr']:.4g}"
              + (f" tau {row['temperature']:.3g}" if row["temperature"] is not None else "")
-             + f" | {res.time_s:.1f}s")
+             + f" | {res.time_s:.1f}s" + (f" | attn {attn[1]}" if attn[1] else ""))
         if writer is not None:
             writer.write(row)
         state = make_state(epoch + 1, 0, row, None)

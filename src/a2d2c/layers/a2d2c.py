@@ -9,6 +9,20 @@ The semantics are fixed by ``SPEC.md`` §1. In short, with ``K`` base kernels ``
   ``p̄`` to logits ``z`` and ``π[b, k, o] = mean_n softmax_k(z / τ)``;
 * the output is ``conv(x, Σ_k π_k ⊙ W_k) + Σ_k π_k ⊙ b_k``.
 
+Attention variants (an amendment to SPEC §1, issue 16; the defaults are the paper's
+reading). Measured on trained models, the paper's ``softmax_k(p̄ / τ)`` is almost uniform
+(the raw means are small next to ``τ = 1``), so two options test that cause:
+
+* ``descriptor="standardized"``: ``p̄`` is standardised over the K kernels for every
+  (sample, draw, output channel), ``(p̄ − mean_k p̄) / sqrt(var_k p̄ + ε)``, before the
+  head: the logits are then O(1) whatever the scale of the features. No parameters.
+* ``logit_scale="layer"`` | ``"channel"``: the head's logits are multiplied by a
+  learnable ``s = exp(θ)`` (one per layer, or one per output channel), ``θ`` initialised
+  to 0, so training starts at the paper's reading and weight decay pulls back to it
+  (never towards uniform attention). 1 or ``O`` extra parameters per layer.
+
+In full: ``z = s · head(norm(p̄))`` and ``π = mean_n softmax_k(z / τ)``.
+
 Two exact computations of that one function are implemented (the paper's Eq. 8):
 
 ``"kernel"`` (A²D²C, Eq. 6–7)
@@ -49,11 +63,18 @@ from ..ops.mixed_conv import (
 from ._base import TemperatureMixin, check_choice, check_positive_int
 from ._dynamic_functional import DynamicConvBase, check_ratio
 
-__all__ = ["COST_CONSTANTS", "HEADS", "IMPLS", "SAMPLINGS", "A2D2Conv2d", "estimate_costs"]
+__all__ = ["COST_CONSTANTS", "DESCRIPTORS", "HEADS", "IMPLS", "LOGIT_SCALES", "SAMPLINGS",
+           "A2D2Conv2d", "estimate_costs"]
 
 SAMPLINGS = ("random", "fixed", "global")
 EVAL_SAMPLINGS = ("global", "fixed")
 HEADS = ("direct", "mlp")
+#: ``descriptor``: the paper's raw means, or standardised over the K kernels (issue 16)
+DESCRIPTORS = ("raw", "standardized")
+#: ``logit_scale``: none (the paper), one learnable scale per layer, or per output channel
+LOGIT_SCALES = ("none", "layer", "channel")
+#: ε of the standardised descriptor's variance (float32-safe, tiny next to a trained p̄'s)
+STANDARDIZE_EPS = 1e-6
 IMPLS = ("auto", "kernel", "unfold", "plus", "triton")
 
 
@@ -74,6 +95,11 @@ class A2D2Conv2d(TemperatureMixin, DynamicConvBase):
         head: ``"direct"`` (``z = p̄``, parameter-free) or ``"mlp"`` (a bottleneck
             ``O → h → O`` shared by the K kernels, ``h = max(round(r·O), 16)``).
         reduction: ``r`` of the ``"mlp"`` head.
+        descriptor: ``"raw"`` (the paper: ``p̄`` as it is) or ``"standardized"``
+            (standardised over the K kernels per sample, draw and output channel).
+        logit_scale: ``"none"`` (the paper), ``"layer"`` (one learnable scale ``exp(θ)``
+            of the logits, 1 parameter) or ``"channel"`` (one per output channel, ``O``
+            parameters); ``θ`` starts at 0.
         temperature: initial softmax temperature ``τ`` (a buffer; see
             :class:`a2d2c.TemperatureScheduler`).
         impl: ``"kernel"`` (A²D²C), ``"unfold"`` (the same, by im2col + GEMM),
@@ -110,6 +136,8 @@ class A2D2Conv2d(TemperatureMixin, DynamicConvBase):
         eval_sampling: str = "global",
         head: str = "direct",
         reduction: float = 0.0625,
+        descriptor: str = "raw",
+        logit_scale: str = "none",
         temperature: float = 1.0,
         impl: str = "auto",
         fixed_seed: int = 0,
@@ -125,6 +153,8 @@ class A2D2Conv2d(TemperatureMixin, DynamicConvBase):
         self.sampling = check_choice(sampling, "sampling", SAMPLINGS)
         self.eval_sampling = check_choice(eval_sampling, "eval_sampling", EVAL_SAMPLINGS)
         self.head = check_choice(head, "head", HEADS)
+        self.descriptor = check_choice(descriptor, "descriptor", DESCRIPTORS)
+        self.logit_scale = check_choice(logit_scale, "logit_scale", LOGIT_SCALES)
         self.impl = check_choice(impl, "impl", IMPLS)
         self.reduction = check_ratio(reduction, "reduction", "r")
         if isinstance(fixed_seed, bool) or not isinstance(fixed_seed, int):
@@ -141,6 +171,11 @@ class A2D2Conv2d(TemperatureMixin, DynamicConvBase):
         else:
             self.hidden_channels = 0
             self.fc1 = self.fc2 = None
+        if logit_scale == "none":
+            self.log_scale = None
+        else:  # θ of s = exp(θ); shape () per layer, (O,) per output channel
+            shape = () if logit_scale == "layer" else (out_channels,)
+            self.log_scale = nn.Parameter(torch.zeros(shape, **factory))
         self._fixed_points: dict[tuple[int, int, str], Tensor] = {}
         self.reset_parameters()
 
@@ -157,6 +192,8 @@ class A2D2Conv2d(TemperatureMixin, DynamicConvBase):
         if self.fc1 is not None:
             self.fc1.reset_parameters()
             self.fc2.reset_parameters()
+        if self.log_scale is not None:
+            nn.init.zeros_(self.log_scale)  # s = 1: the paper's reading at the start
 
     @classmethod
     def from_conv2d(cls, conv: nn.Conv2d, *, noise: float = 1e-2, **kwargs) -> A2D2Conv2d:
@@ -189,6 +226,10 @@ class A2D2Conv2d(TemperatureMixin, DynamicConvBase):
               f"sampling={self.sampling}, eval_sampling={self.eval_sampling}, head={self.head}")
         if self.head == "mlp":
             s += f", hidden={self.hidden_channels}"
+        if self.descriptor != "raw":
+            s += f", descriptor={self.descriptor}"
+        if self.logit_scale != "none":
+            s += f", logit_scale={self.logit_scale}"
         s += f", impl={self.impl}, temperature={float(self.temperature):g}"
         return s
 
@@ -323,11 +364,24 @@ class A2D2Conv2d(TemperatureMixin, DynamicConvBase):
         return points.long()
 
     # ------------------------------------------------------------------ attention
-    def _attention(self, pbar: Tensor) -> Tensor:
-        """``p̄ (B, N, K, O)`` → ``π (B, K, O)``, computed in at least float32."""
+    def _attention(self, pbar: Tensor, channels: slice | None = None) -> Tensor:
+        """``p̄ (B, N, K, O)`` → ``π (B, K, O)``, computed in at least float32.
+
+        ``channels``: the output channels ``pbar`` holds when it is a block of them (the
+        blocked inference path), for the per-channel logit scale; ``None``: all ``O``.
+        """
         z = pbar
+        if self.descriptor == "standardized":
+            mean = z.mean(2, keepdim=True)
+            var = z.var(2, unbiased=False, keepdim=True)
+            z = (z - mean) * torch.rsqrt(var + STANDARDIZE_EPS)
         if self.fc1 is not None:
             z = self.fc2(F.relu(self.fc1(z.to(self.fc1.weight.dtype)))).to(pbar.dtype)
+        if self.log_scale is not None:
+            theta = self.log_scale.to(z.dtype)
+            if channels is not None and theta.dim() == 1:
+                theta = theta[channels]
+            z = z * theta.exp()
         tau = self.temperature.to(z.dtype)
         return torch.softmax(z / tau, dim=2).mean(1)
 
@@ -342,8 +396,8 @@ class A2D2Conv2d(TemperatureMixin, DynamicConvBase):
         captured: list[Tensor] = []
         compute = self._attention
 
-        def capture(pbar: Tensor) -> Tensor:
-            pi = compute(pbar)
+        def capture(pbar: Tensor, channels: slice | None = None) -> Tensor:
+            pi = compute(pbar, channels)
             captured.append(pi)
             return pi
 
@@ -352,7 +406,8 @@ class A2D2Conv2d(TemperatureMixin, DynamicConvBase):
             self.forward(x, points)
         finally:
             del self.__dict__["_attention"]
-        return captured[-1]
+        # the blocked inference path computes π one block of output channels at a time
+        return captured[0] if len(captured) == 1 else torch.cat(captured, dim=2)
 
     def _acc_dtype(self) -> torch.dtype:
         return torch.promote_types(self.weight.dtype, torch.float32)
@@ -496,7 +551,7 @@ class A2D2Conv2d(TemperatureMixin, DynamicConvBase):
                 pbar = pbar.view(k, stop - start, b, n).permute(2, 3, 0, 1)  # (B, N, K, Ob)
                 if self.bias is not None:
                     pbar = pbar + self.bias[:, start:stop].to(acc)
-                pi_blk = self._attention(pbar)  # (B, K, Ob)
+                pi_blk = self._attention(pbar, slice(start, stop))  # (B, K, Ob)
                 pi[:, :, start:stop] = pi_blk
                 mix_kernels(pi_blk.to(weight.dtype).unsqueeze(-1), w_blk,
                             out=kernels[:, start:stop], block_bytes=1 << 62)

@@ -363,15 +363,19 @@ class DCDLinear(nn.Module):
                 f"bias={self.bias is not None}, L={self.latent_dim}, hidden={self.hidden_channels}"
                 f", latent_norm={self.latent_norm}")
 
+    def attention(self, x: Tensor) -> tuple[Tensor, Tensor]:
+        """``(Λ, Φ̃)`` for input ``x`` (B, C): ``(B, O)`` and ``(B, L, L)`` (``Φ = I + Φ̃``)."""
+        acc = attention_dtype(self.weight)
+        with torch.autocast(x.device.type, enabled=False):
+            return _dcd_heads(self, x.to(acc))
+
     def forward(self, x: Tensor) -> Tensor:
         if not isinstance(x, Tensor) or x.dim() != 2 or x.shape[1] != self.in_features:
             shape = tuple(x.shape) if isinstance(x, Tensor) else type(x).__name__
             raise ValueError(f"DCDLinear expects input of shape (B, {self.in_features}), "
                              f"got {shape}")
         check_input_dtype(x, self.weight.dtype, "DCDLinear")
-        acc = attention_dtype(self.weight)
-        with torch.autocast(x.device.type, enabled=False):
-            scale, phi = _dcd_heads(self, x.to(acc))
+        scale, phi = self.attention(x)
         _check_batch_stats(self, x.shape[0])
         y = F.linear(x, self.weight, self.bias) * scale.to(x.dtype)
         return y + F.linear(_latent_fusion(self, phi, F.linear(x, self.q)), self.p)
