@@ -210,3 +210,13 @@ def test_registry_a2d2c_runs_auto_and_takes_impl():
         assert {m.get_submodule(n).impl for n in m.dynamic_convs} == {"plus"}
     with pytest.raises(ValueError, match="impl"):
         a2d2c.create_model("resnet18_a2d2c", impl="fastest", width_mult=0.125)
+
+
+def test_exponent_without_dot_is_a_float_override() -> None:
+    """``--optim.lr 5e-4``: YAML 1.1 reads "5e-4" as a string; a float field takes it."""
+    from a2d2c.engine.config import _type_ok
+
+    assert _type_ok("5e-4", float) == (True, 5e-4)
+    assert _type_ok("1E3", float) == (True, 1000.0)
+    assert _type_ok("lr", float)[0] is False
+    assert _type_ok("5e-4", str) == (True, "5e-4")

@@ -24,6 +24,7 @@ import difflib
 import itertools
 import math
 import os
+import re
 import types
 import typing
 from collections.abc import Mapping, Sequence
@@ -286,6 +287,9 @@ def parse_overrides(args: Sequence[str]) -> dict[str, Any]:
 
 
 # ------------------------------------------------------------------- dict <-> dataclass
+_FLOAT_RE = re.compile(r"[-+]?(\d+\.?\d*|\.\d+)[eE][-+]?\d+")
+
+
 def _type_ok(value: Any, tp: Any) -> tuple[bool, Any]:
     """Check (and gently coerce: int → float) ``value`` against a type annotation."""
     origin = typing.get_origin(tp)
@@ -305,6 +309,9 @@ def _type_ok(value: Any, tp: Any) -> tuple[bool, Any]:
         return isinstance(value, int) and not isinstance(value, bool), value
     if tp is float:
         if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return True, float(value)
+        if isinstance(value, str) and _FLOAT_RE.fullmatch(value.strip()):
+            # PyYAML reads YAML 1.1, where "5e-4" (no dot) is a string, not a float
             return True, float(value)
         return False, value
     if tp is str:
