@@ -152,22 +152,34 @@ def test_no_dynamic_layers_and_bad_input() -> None:
         attention_stats(nn.Conv2d(1, 1, 1), ["nope"])
 
 
-def test_engine_records_diagnostics_per_epoch(tmp_path, caplog) -> None:
+def test_engine_records_diagnostics_per_epoch(tmp_path) -> None:
+    import io
     import json
     import logging
 
     from _engine_helpers import tiny_config
     from a2d2c.engine import fit
 
-    with caplog.at_level(logging.INFO, logger="a2d2c"):  # fit() logs, quiet by default
+    # fit() logs to the "a2d2c" logger (quiet by default; the CLI may have set it not to
+    # propagate), so listen on that logger itself
+    buf = io.StringIO()
+    handler = logging.StreamHandler(buf)
+    logger = logging.getLogger("a2d2c")
+    old_level = logger.level
+    logger.addHandler(handler)
+    logger.setLevel(logging.INFO)
+    try:
         fit(tiny_config(tmp_path / "on", train={"attention_stats": 8}))
+    finally:
+        logger.removeHandler(handler)
+        logger.setLevel(old_level)
     rows = [json.loads(line) for line in (tmp_path / "on" / "metrics.jsonl").read_text()
             .splitlines()]
     assert len(rows) == 2
     for row in rows:
         assert 0 < row["attn_pi_entropy_ratio"] <= 1 + 1e-9
         assert row["attn_pi_sample_sd"] >= 0 and row["attn_pi_output_change"] >= 0
-    assert "| attn pi: H/logK" in caplog.text
+    assert "| attn pi: H/logK" in buf.getvalue()
     fit(tiny_config(tmp_path / "off", train={"attention_stats": 0, "epochs": 1}))
     row = json.loads((tmp_path / "off" / "metrics.jsonl").read_text())
     assert not any(k.startswith("attn_") for k in row)
