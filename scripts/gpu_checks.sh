@@ -1,12 +1,18 @@
 #!/usr/bin/env bash
 # Everything this project checks on a GPU, in one command (CI has no GPU):
 #   1. the CUDA tests (tests/*: every test whose name says cuda; they skip on CPU);
-#   2. `a2d2c bench --device cuda --dtype bf16 --preset issue6` (issue 6's table on CUDA);
-#   3. optionally (STUDIES="sampling num_points ..."), studies on CUDA, one process per
+#   2. the Triton kernels of mixed_conv2d on the GPU against the float64 oracle (fp32, fp16,
+#      bf16; tests/test_triton_mixed.py with A2D2C_TRITON_DEVICE=cuda, one autotune config);
+#   3. `a2d2c bench --device cuda --dtype bf16 --preset issue6` (issue 6's table on CUDA) and
+#      `--preset gpu` (issue 15's rows: CIFAR ResNet-18 b128 and ResNet-50 224² b64 training,
+#      peak memory), every layer also with impl=triton; then the layer grid on CUDA
+#      (`--preset grid --grid reduced`, resumable) with what time is left;
+#   4. optionally (STUDIES="sampling num_points ..."), studies on CUDA, one process per
 #      (study, seed[, group of variants with SPLIT=n]) side by side, resuming the committed
 #      records under results/cuda/ (finished runs are skipped); the new records come back
 #      in $OUT/studies.tgz (unpack it in the repository root).
-# Each step has its own time limit, so a hang in one still returns the others' output.
+# Each step has its own time limit, so a hang in one still returns the others' output; the
+# defaults (TEST_S + TRITON_S + BENCH_S + GPU_BENCH_S + GRID_S = 570 s) fit ~10 minutes.
 # Usage: OUT=/tmp/gpu bash scripts/gpu_checks.sh
 # Needs: torch with CUDA, pyyaml, safetensors, tqdm, pytest (no install: runs from src/);
 # Fashion-MNIST under data/FashionMNIST/raw for the studies.
@@ -26,9 +32,23 @@ PY=${PYTHON:-python3}
 echo "== CUDA tests"
 timeout "${TEST_S:-150}" "$PY" -m pytest -q -rs -p no:cacheprovider tests -k cuda 2>&1 | tee "$OUT/tests.txt"
 
+echo "== Triton kernels on the GPU (vs the float64 oracle)"
+A2D2C_TRITON_CHILD=1 A2D2C_TRITON_DEVICE=cuda A2D2C_TRITON_AUTOTUNE=0 \
+  timeout "${TRITON_S:-120}" "$PY" -m pytest -q -rs -p no:cacheprovider \
+  tests/test_triton_mixed.py 2>&1 | tee "$OUT/triton_tests.txt"
+
 echo "== bench (bf16)"
-timeout "${BENCH_S:-150}" "$PY" -m a2d2c bench --device cuda --dtype bf16 --preset issue6 \
-  --out "$OUT" 2>&1 | tee "$OUT/bench.txt"
+timeout "${BENCH_S:-120}" "$PY" -m a2d2c bench --device cuda --dtype bf16 --preset issue6 \
+  --repeats 5 --out "$OUT" 2>&1 | tee "$OUT/bench.txt"
+
+echo "== bench: issue 15's GPU rows (bf16)"
+timeout "${GPU_BENCH_S:-120}" "$PY" -m a2d2c bench --device cuda --dtype bf16 --preset gpu \
+  --repeats 5 --variants 'a2d2c:*' condconv 'condconv:*' dynamicconv 'dynamicconv:*' \
+  odconv 'odconv:*' --out "$OUT" 2>&1 | tee "$OUT/bench_gpu.txt"
+
+echo "== grid on CUDA (fp32, resumable: rerun to continue)"
+timeout "${GRID_S:-60}" "$PY" -m a2d2c bench --device cuda --preset grid --grid reduced \
+  --repeats 3 --out "$OUT" 2>&1 | tail -n 40 | tee "$OUT/grid.txt"
 
 if [ -n "${STUDIES:-}" ]; then
   echo "== studies on CUDA: $STUDIES"

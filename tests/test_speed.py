@@ -136,18 +136,21 @@ def test_saved_activation_bytes_counts_unique_storages():
         h = x @ w  # saves x (512 B) and w (excluded below)
         return (h.relu() * h).sum()  # saves h (512 B) once, its relu (512 B)
 
-    from a2d2c.benchmark import saved_activation_bytes
+    from a2d2c.tools.benchmark import saved_activation_bytes
 
     got = saved_activation_bytes(fn, exclude=[w])
     assert got == 3 * 8 * 16 * 4
 
 
 def test_bench_smoke_writes_csv_with_finite_ratios(tmp_path, one_thread):
-    from a2d2c.benchmark import CSV_COLUMNS, PRESETS, list_variants, run_benchmark
+    from a2d2c.tools.benchmark import CSV_COLUMNS, PRESETS, list_variants, run_benchmark
 
     labels = [v.label for v in list_variants()]
     assert labels[0] == "static"
-    assert {f"a2d2c:{impl}" for impl in a2d2c.layers.a2d2c.IMPLS} <= set(labels)
+    assert {f"a2d2c:{impl}" for impl in a2d2c.layers.a2d2c.IMPLS if impl != "triton"} <= set(
+        labels)
+    assert "a2d2c:triton" not in labels  # CUDA only
+    assert {"a2d2c:triton", "odconv:triton"} <= {v.label for v in list_variants(triton=True)}
     others = set(a2d2c.list_conv_layers()) - {"static", "a2d2c", "a2d2c+"}
     assert others <= set(labels)  # every registered baseline, automatically
 
@@ -218,3 +221,34 @@ def test_blocked_inference_path_matches_loop_oracle(geometry, batch, draws):
     torch.testing.assert_close(got, oracle(layer, x, pts), rtol=1e-10, atol=1e-10)
     torch.testing.assert_close(got_global, oracle(layer, x, None), rtol=1e-10, atol=1e-10)
     torch.testing.assert_close(small, got_global, rtol=1e-12, atol=1e-12)
+
+
+def test_bench_grid_reports_every_path_and_regret_and_resumes(tmp_path, one_thread):
+    from a2d2c.ops.mixed_conv import exact_impls
+    from a2d2c.tools.benchmark import GRID_COLUMNS, GRID_LAYERS, grid_cases, run_grid
+
+    assert len(grid_cases("tiny")) == 2
+    full = grid_cases("full")  # the span: channels 8-512, maps 4-112, batch 1-256
+    assert {c.channels for c in full} >= {8, 512} and {c.size for c in full} >= {4, 112}
+    assert {c.batch for c in full} >= {1, 256} and {c.mode for c in full} == {"train", "infer"}
+    _, path = run_grid(grid="tiny", repeats=1, warmup=0, min_sample_s=0.0, out_dir=tmp_path,
+                       log=lambda s: None)
+    with path.open() as f:
+        reader = csv.DictReader(f)
+        assert reader.fieldnames == GRID_COLUMNS
+        rows = list(reader)
+    assert len(rows) == 2 * (1 + sum(1 + len(exact_impls(n == "odconv")) for n in GRID_LAYERS))
+    for case in {r["case"] for r in rows}:
+        sub = [r for r in rows if r["case"] == case]
+        for layer in GRID_LAYERS:
+            paths = {r["impl"]: float(r["median_ms"]) for r in sub if r["layer"] == layer}
+            auto = next(r for r in sub if r["layer"] == layer and r["impl"] == "auto")
+            exact = {i: paths[i] for i in exact_impls(layer == "odconv")}
+            assert auto["best_impl"] == min(exact, key=exact.get)
+            assert auto["auto_choice"] in exact
+            assert math.isclose(float(auto["regret"]), paths["auto"] / min(exact.values()),
+                                rel_tol=1e-3)
+    run_grid(grid="tiny", repeats=1, warmup=0, min_sample_s=0.0, out_dir=tmp_path,
+             log=lambda s: None)  # resumes: every point is done, nothing is appended
+    with path.open() as f:
+        assert len(list(csv.DictReader(f))) == len(rows)

@@ -1,10 +1,11 @@
 """``a2d2c bench``: speed and memory of static, A²D²C and the baselines, side by side.
 
-Thin over :mod:`a2d2c.benchmark`. Examples::
+Thin over :mod:`a2d2c.tools.benchmark`. Examples::
 
     a2d2c bench --preset issue6 --threads 2            # the issue's table on CPU
     a2d2c bench --device cuda --dtype bf16 --preset issue6
     a2d2c bench --preset layers --variants 'a2d2c:*'   # the cost model's calibration
+    a2d2c bench --preset grid --threads 2 --repeats 3  # every path + auto's regret
 """
 
 from __future__ import annotations
@@ -13,7 +14,7 @@ import argparse
 
 import torch
 
-from ..benchmark import PRESETS, run_benchmark
+from ..tools.benchmark import GRIDS, PRESETS, run_benchmark, run_grid
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -34,6 +35,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--variants", nargs="+", metavar="PATTERN",
                         help="shell patterns on variant labels, e.g. 'a2d2c:*' odconv "
                              "(static is always run)")
+    parser.add_argument("--grid", default="reduced", choices=sorted(GRIDS),
+                        help="with --preset grid: which grid (default: reduced, sized for a "
+                             "CPU; full: channels 8-512, maps 4-112, batch 1-256)")
     parser.add_argument("--out", default="benchmarks/results",
                         help="directory of the CSV (default: benchmarks/results); '' for none")
 
@@ -41,20 +45,25 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def main(args: argparse.Namespace) -> int:
     if args.threads is not None:
         if args.threads < 1:
-            raise SystemExit(f"a2d2c bench: --threads must be >= 1, got {args.threads}")
+            raise ValueError(f"--threads must be >= 1, got {args.threads}")
         torch.set_num_threads(args.threads)
+    if args.preset == "grid":
+        try:
+            run_grid(grid=args.grid, device=args.device, repeats=args.repeats,
+                     warmup=args.warmup, out_dir=args.out or None)
+        except ValueError as err:
+            raise SystemExit(f"a2d2c bench: {err}") from None
+        return 0
     cases = PRESETS[args.preset]
     if args.cases:
         unknown = sorted(set(args.cases) - {c.name for c in cases})
         if unknown:
-            raise SystemExit(f"a2d2c bench: unknown case(s) {unknown} in preset "
+            raise ValueError(f"unknown case(s) {unknown} in preset "
                              f"{args.preset!r}; choose from {[c.name for c in cases]}")
         cases = [c for c in cases if c.name in args.cases]
-    try:
-        run_benchmark(cases, device=args.device, dtype=args.dtype,
-                      channels_last=args.channels_last, repeats=args.repeats,
-                      warmup=args.warmup, variants=args.variants, out_dir=args.out or None,
-                      preset=args.preset)
-    except ValueError as err:
-        raise SystemExit(f"a2d2c bench: {err}") from None
+    # errors (ValueError) go to the CLI's one error path: one line, exit 2
+    run_benchmark(cases, device=args.device, dtype=args.dtype,
+                  channels_last=args.channels_last, repeats=args.repeats,
+                  warmup=args.warmup, variants=args.variants, out_dir=args.out or None,
+                  preset=args.preset)
     return 0

@@ -75,7 +75,7 @@ DESCRIPTORS = ("raw", "standardized")
 LOGIT_SCALES = ("none", "layer", "channel")
 #: ε of the standardised descriptor's variance (float32-safe, tiny next to a trained p̄'s)
 STANDARDIZE_EPS = 1e-6
-IMPLS = ("auto", "kernel", "unfold", "plus")
+IMPLS = ("auto", "kernel", "unfold", "plus", "triton")
 
 
 class A2D2Conv2d(TemperatureMixin, DynamicConvBase):
@@ -102,7 +102,9 @@ class A2D2Conv2d(TemperatureMixin, DynamicConvBase):
             parameters); ``θ`` starts at 0.
         temperature: initial softmax temperature ``τ`` (a buffer; see
             :class:`a2d2c.TemperatureScheduler`).
-        impl: ``"kernel"`` (A²D²C), ``"plus"`` (A²D²C+) or ``"auto"``.
+        impl: ``"kernel"`` (A²D²C), ``"unfold"`` (the same, by im2col + GEMM),
+            ``"plus"`` (A²D²C+), ``"triton"`` (the kernel form as fused Triton kernels,
+            CUDA only; see :func:`a2d2c.ops.mixed_conv2d`) or ``"auto"``.
         fixed_seed: seed of the ``"fixed"`` point sets (the same in every process).
 
     Shape:

@@ -7,7 +7,10 @@
 ['resnet18_a2d2c', 'resnet18_a2d2c_plus', 'resnet18_condconv']
 """
 
-from . import transformers  # noqa: F401  (registers vit_small, swin_tiny)
+from . import (
+    internimage,  # noqa: F401  (registers internimage_*, flash_internimage_*)
+    transformers,  # noqa: F401  (registers vit_small, swin_tiny)
+)
 from ._placement import BASELINE_PLACEMENTS, PLACEMENTS, ConvMaker, ConvSite
 from ._registry import (
     create_model,

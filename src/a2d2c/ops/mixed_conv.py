@@ -230,6 +230,7 @@ def _composite(x, weight, a, in_scale, out_scale, bias_b, conf):
     """The kernel/unfold paths in plain differentiable ops (graph capture, torch.func,
     higher-order gradients)."""
     stride, padding, dilation, groups, method, cdt = conf
+    method = "kernel" if method == "triton" else method
     k, o, cg = weight.shape[:3]
     ksize = tuple(weight.shape[3:])
     wdt = weight.dtype
@@ -250,6 +251,11 @@ class _MixedConv(torch.autograd.Function):
     @staticmethod
     def forward(x, weight, a, in_scale, out_scale, bias_b, conf):
         stride, padding, dilation, groups, method, cdt = conf
+        if method == "triton":
+            from ._triton_mixed import triton_forward
+
+            return triton_forward(x.to(cdt), weight, a, in_scale, out_scale,
+                                  None if bias_b is None else bias_b.to(cdt), conf)
         k, o, cg = weight.shape[:3]
         wdt = weight.dtype
         kernels = mix_kernels(a.to(wdt), weight.reshape(k, o, cg, -1))
@@ -304,10 +310,15 @@ def _kernel_backward(conf, needs, grad_y, x, weight, a, in_scale, out_scale, bia
     s_in = None if in_scale is None else in_scale.to(wdt)
     s_out = None if out_scale is None else out_scale.to(wdt)
     mixed = mix_kernels(a_w, w_flat)  # recomputed, never saved
-    kernels = _scale_kernels(mixed, s_in, s_out, groups)
     need_x = needs[0]
     with torch.autocast(x.device.type, enabled=False):
-        if method == "kernel":
+        if method == "triton":
+            from ._triton_mixed import triton_backward
+
+            grad_x, grad_kernels = triton_backward(grad_y, x.to(cdt), weight, a, in_scale,
+                                                   out_scale, conf, need_x)
+        elif method == "kernel":
+            kernels = _scale_kernels(mixed, s_in, s_out, groups)
             grad_x, grad_kernels, _ = torch.ops.aten.convolution_backward(
                 grad_y.reshape(1, b * o, *grad_y.shape[2:]).to(cdt),
                 x.reshape(1, b * c, h, w).to(cdt),
@@ -317,6 +328,7 @@ def _kernel_backward(conf, needs, grad_y, x, weight, a, in_scale, out_scale, bia
             )
             grad_x = None if grad_x is None else grad_x.view(b, c, h, w)
         else:
+            kernels = _scale_kernels(mixed, s_in, s_out, groups)
             m = cg * t
             cols = F.unfold(x.to(cdt), ksize, dilation=dilation, padding=padding, stride=stride)
             length = cols.shape[-1]
@@ -329,14 +341,36 @@ def _kernel_backward(conf, needs, grad_y, x, weight, a, in_scale, out_scale, bia
                 grad_x = F.fold(grad_cols.reshape(b, groups * m, length), (h, w), ksize,
                                 dilation=dilation, padding=padding, stride=stride)
     gk = grad_kernels.reshape(b, o, cg, t).to(wdt)
+    grad_w, grad_a, grad_in, grad_out = _kernel_space_grads(
+        gk, mixed, w_flat, a, s_in, s_out, groups, needs)
+    grad_bias = None
+    if bias_b is not None and needs[5]:
+        grad_bias = grad_y.sum((2, 3)).to(bias_b.dtype)
+    return (None if grad_x is None else grad_x.to(x.dtype),
+            None if grad_w is None else grad_w.reshape(weight.shape),
+            None if grad_a is None else grad_a.to(a.dtype),
+            None if grad_in is None else grad_in.to(in_scale.dtype),
+            None if grad_out is None else grad_out.to(out_scale.dtype),
+            grad_bias)
+
+
+def _kernel_space_grads(gk: Tensor, mixed: Tensor, w_flat: Tensor, a: Tensor,
+                        s_in: Tensor | None, s_out: Tensor | None, groups: int, needs):
+    """From ``∂W̃ (B, O, Cg, T)`` to the gradients of ``W``, ``a``, ``s_in`` and ``s_out``.
+
+    ``mixed = Σ_k a_k ⊙ W_k`` (unscaled), everything in the weight's dtype.
+    """
+    b, o, cg, t = gk.shape
+    k = w_flat.shape[0]
+    c = cg * groups
+    a_w = a.to(w_flat.dtype)
     grad_in = grad_out = None
     if s_out is not None and needs[4]:
         scaled = mixed if s_in is None else _scale_kernels(mixed, s_in, None, groups)
-        grad_out = (gk * scaled).sum((2, 3)).to(out_scale.dtype)
+        grad_out = (gk * scaled).sum((2, 3))
     if s_in is not None and needs[3]:
         scaled = mixed if s_out is None else mixed * s_out.view(b, o, 1, 1)
-        grad_in = ((gk * scaled).view(b, groups, o // groups, cg, t).sum((2, 4))
-                   .reshape(b, c).to(in_scale.dtype))
+        grad_in = (gk * scaled).view(b, groups, o // groups, cg, t).sum((2, 4)).reshape(b, c)
     g_mixed = _scale_kernels(gk, s_in, s_out, groups)  # (B, O, Cg, T)
     grad_a = grad_w = None
     if a.shape[3] == 1 and (needs[1] or needs[2]):
@@ -344,7 +378,6 @@ def _kernel_backward(conf, needs, grad_y, x, weight, a, in_scale, out_scale, bia
         # (O, B, m) view of the kernel gradient, shaped so that K (often 4) is never
         # GEMM's narrow output dimension (15x faster on CPU than the other orientation).
         g_t = g_mixed.reshape(b, o, -1).transpose(0, 1)  # (O, B, m)
-        a_full = a_w[..., 0].expand(b, k, o)
         if needs[2]:
             w_o = w_flat.reshape(k, o, -1).transpose(0, 1).contiguous()  # (O, K, m)
             grad_a = torch.bmm(w_o, g_t.transpose(1, 2)).permute(2, 1, 0)  # (B, K, O)
@@ -352,23 +385,17 @@ def _kernel_backward(conf, needs, grad_y, x, weight, a, in_scale, out_scale, bia
                 grad_a = grad_a.sum(2, keepdim=True)
             grad_a = grad_a.unsqueeze(-1)
         if needs[1]:
+            a_full = a_w[..., 0].expand(b, k, o)
             grad_w = torch.bmm(a_full.permute(2, 1, 0).contiguous(), g_t)  # (O, K, m)
-            grad_w = grad_w.transpose(0, 1).reshape(weight.shape)
+            grad_w = grad_w.transpose(0, 1)
     elif needs[1] or needs[2]:
         spec = "bk" + ("o" if a.shape[2] > 1 else "") + "t"
-        a_s = a_w[:, :, :, :] if a.shape[2] > 1 else a_w[:, :, 0]
+        a_s = a_w if a.shape[2] > 1 else a_w[:, :, 0]
         if needs[2]:
-            grad_a = torch.einsum(f"koct,boct->{spec}", w_flat, g_mixed)
-            grad_a = grad_a.reshape(a.shape)
+            grad_a = torch.einsum(f"koct,boct->{spec}", w_flat, g_mixed).reshape(a.shape)
         if needs[1]:
-            grad_w = torch.einsum(f"{spec},boct->koct", a_s, g_mixed).reshape(weight.shape)
-    grad_bias = None
-    if bias_b is not None and needs[5]:
-        grad_bias = grad_y.sum((2, 3)).to(bias_b.dtype)
-    return (None if grad_x is None else grad_x.to(x.dtype),
-            grad_w,
-            None if grad_a is None else grad_a.to(a.dtype),
-            grad_in, grad_out, grad_bias)
+            grad_w = torch.einsum(f"{spec},boct->koct", a_s, g_mixed)
+    return grad_w, grad_a, grad_in, grad_out
 
 
 # --------------------------------------------------------------------------- plus form
@@ -474,6 +501,27 @@ def _mix_bias(bias: Tensor | None, coeff: MixedCoeff, batch: int, num_kernels: i
                      f"{out_channels}), (B, O, 1, 1) or (O,), got {shape}")
 
 
+def auto_impl(x_shape: Sequence[int], weight_shape: Sequence[int], coeff_per_tap: bool, *,
+              training: bool, device_type: str, stride: Sequence[int] = (1, 1),
+              padding: Sequence[int] = (0, 0), dilation: Sequence[int] = (1, 1),
+              groups: int = 1, tracing: bool = False) -> str:
+    """The path ``impl="auto"`` takes for these shapes (the cheapest modelled exact one).
+
+    ``tracing`` leaves out ``"kernel"``, whose number of groups is the batch size, so that
+    one traced graph serves every batch size.
+    """
+    b, c, h, w = x_shape[0], int(x_shape[1]), int(x_shape[2]), int(x_shape[3])
+    k, o = int(weight_shape[0]), int(weight_shape[1])
+    ksize = (int(weight_shape[3]), int(weight_shape[4]))
+    ho, wo = _out_size((h, w), ksize, stride, padding, dilation)
+    candidates = exact_impls(coeff_per_tap)
+    if tracing:
+        candidates = tuple(i for i in candidates if i != "kernel")
+    return choose_impl(batch=None if tracing else int(b), in_channels=c, out_channels=o,
+                       kernel_size=ksize, groups=groups, output_size=(ho, wo), num_kernels=k,
+                       training=training, device_type=device_type, candidates=candidates)
+
+
 def exact_impls(coeff_per_tap: bool) -> tuple[str, ...]:
     """The exact CPU/torch paths for coefficients that do (not) depend on the tap."""
     return ("kernel", "unfold") if coeff_per_tap else ("kernel", "unfold", "plus")
@@ -536,12 +584,9 @@ def mixed_conv2d(
         grads = torch.is_grad_enabled() and any(
             t is not None and t.requires_grad for t in (x, weight, coeff, in_scale, out_scale,
                                                         bias))
-        ho, wo = _out_size((h, w), ksize, stride, padding, dilation)
-        impl = choose_impl(
-            batch=None if tracing else b, in_channels=c, out_channels=o, kernel_size=ksize,
-            groups=groups, output_size=(ho, wo), num_kernels=k, training=grads,
-            device_type=x.device.type, candidates=exact_impls(cf.per_tap)
-            if not tracing else tuple(i for i in exact_impls(cf.per_tap) if i != "kernel"))
+        impl = auto_impl(x.shape, weight.shape, cf.per_tap, training=grads,
+                         device_type=x.device.type, stride=stride, padding=padding,
+                         dilation=dilation, groups=groups, tracing=tracing)
     cdt = compute_dtype(x)
     if impl == "plus":
         if cf.per_tap:
@@ -550,11 +595,6 @@ def mixed_conv2d(
                 "tap (coeff (B, K) or (B, K, O)); use impl='kernel', 'unfold' or 'triton'")
         return _plus(x, weight, cf, in_scale, out_scale, bias_b, stride, padding, dilation,
                      groups, cdt)
-    if impl == "triton":
-        from ._triton_mixed import triton_mixed_conv2d
-
-        return triton_mixed_conv2d(x, weight, cf.a, in_scale, out_scale, bias_b, stride,
-                                   padding, dilation, groups)
     conf = (stride, padding, dilation, groups, impl, cdt)
     if tracing or _functorch_active():
         return _composite(x, weight, cf.a, in_scale, out_scale, bias_b, conf)

@@ -36,18 +36,24 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from .allocator import allocator_state
-from .layers.a2d2c import IMPLS, A2D2Conv2d
-from .layers.factory import create_conv2d, get_conv_layer, list_conv_layers
+from ..allocator import allocator_state
+from ..layers import CondConv2d, DynamicConv2d, ODConv2d
+from ..layers.a2d2c import IMPLS, A2D2Conv2d
+from ..layers.factory import create_conv2d, get_conv_layer, list_conv_layers
+from ..ops.mixed_conv import auto_impl, exact_impls
 
 __all__ = [
     "CSV_COLUMNS",
+    "DCN_VARIANTS",
     "PRESETS",
     "Case",
     "Variant",
     "csv_name",
+    "grid_cases",
     "list_variants",
+    "naive_dcnv3_core",
     "run_benchmark",
+    "run_grid",
     "saved_activation_bytes",
 ]
 
@@ -74,6 +80,8 @@ class Case:
     anchors: str = ""
     target: float | None = None
     memory_target: float | None = None
+    extra_variants: tuple[str, ...] = ()
+    """Variants outside the conv factory this case also runs (``DCN_VARIANTS``)."""
 
     def __post_init__(self) -> None:
         if self.kind not in ("layer", "model"):
@@ -100,6 +108,16 @@ _LAYERS = [
 ] + [Case("layer512_b1_7x7_infer", "layer", "infer", 1, 512, 7),
      Case("layer64_b1_56x56_infer", "layer", "infer", 1, 64, 56)]
 
+# The issue's GPU rows (bf16 on an H200): training steps of a CIFAR ResNet-18 at batch 128
+# and an ImageNet ResNet-50 at 224² batch 64, peak memory measured on CUDA.
+_GPU = [
+    Case("cifar_resnet18_b128_train", "model", "train", 128, 3, 32, stem="cifar",
+         num_classes=10, target=1.3, memory_target=1.5,
+         anchors="A2D2C <=1.3x, CondConv/DynamicConv/ODConv <=1.6x"),
+    Case("resnet50_224_b64_train", "model", "train", 64, 3, 224, model="resnet50",
+         target=1.25, anchors="A2D2C <=1.25x"),
+]
+
 _SMOKE = [
     Case("smoke_layer_train", "layer", "train", 2, 8, 8),
     Case("smoke_layer_infer", "layer", "infer", 2, 8, 8),
@@ -107,8 +125,12 @@ _SMOKE = [
          width_mult=0.125),
 ]
 
-#: Named case lists for ``a2d2c bench --preset``.
-PRESETS: dict[str, list[Case]] = {"issue6": _ISSUE6, "layers": _LAYERS, "smoke": _SMOKE}
+#: Named case lists for ``a2d2c bench --preset`` (``grid`` is :func:`run_grid`).
+PRESETS: dict[str, list[Case]] = {"issue6": _ISSUE6, "layers": _LAYERS, "smoke": _SMOKE,
+                                  "gpu": _GPU, "grid": []}
+
+#: Layers whose per-sample convolution has a selectable ``impl``.
+_IMPL_LAYERS = (A2D2Conv2d, CondConv2d, DynamicConv2d, ODConv2d)
 
 
 @dataclass(frozen=True)
@@ -120,17 +142,25 @@ class Variant:
     impl: str | None = None
 
 
+def _has_triton() -> bool:
+    import importlib.util
+
+    return importlib.util.find_spec("triton") is not None
+
+
 def _is_a2d2c(conv: str) -> bool:
     builder = get_conv_layer(conv)
     target = builder.func if isinstance(builder, functools.partial) else builder
     return isinstance(target, type) and issubclass(target, A2D2Conv2d)
 
 
-def list_variants(patterns: Sequence[str] | None = None) -> list[Variant]:
+def list_variants(patterns: Sequence[str] | None = None, *, triton: bool = False
+                  ) -> list[Variant]:
     """``static``, ``a2d2c:<impl>`` for every impl, then every other registered conv type.
 
     ``patterns``: optional shell-style patterns on the labels (``static`` is always kept,
-    it is the reference).
+    it is the reference). ``triton``: also ``<layer>:triton`` for every layer with a
+    selectable ``impl`` (CUDA only).
     """
     out = [Variant("static", "static")]
     a2d2c_done = False
@@ -139,10 +169,13 @@ def list_variants(patterns: Sequence[str] | None = None) -> list[Variant]:
             continue
         if _is_a2d2c(name):
             if not a2d2c_done:
-                out += [Variant(f"a2d2c:{impl}", name, impl) for impl in IMPLS]
+                out += [Variant(f"a2d2c:{impl}", name, impl) for impl in IMPLS
+                        if impl != "triton" or triton]
                 a2d2c_done = True
             continue
         out.append(Variant(name, name))
+        if triton and name in ("condconv", "dynamicconv", "odconv"):
+            out.append(Variant(f"{name}:triton", name, "triton"))
     if patterns:
         out = [v for v in out if v.label == "static"
                or any(fnmatch.fnmatch(v.label, p) for p in patterns)]
@@ -161,6 +194,8 @@ def _with_kernels(build: Callable[..., nn.Module], num_kernels: int, **kwargs) -
 
 
 def _build(case: Case, variant: Variant) -> nn.Module:
+    if variant.conv in DCN_VARIANTS:
+        return _build_dcn(case, variant)
     if case.kind == "layer":
         args = (variant.conv, case.channels, case.channels, 3, 1, 1)
         if variant.conv == "static":
@@ -168,7 +203,7 @@ def _build(case: Case, variant: Variant) -> nn.Module:
         else:
             module = _with_kernels(functools.partial(create_conv2d, *args), case.num_kernels)
     else:
-        from . import create_model  # the models package (branch `models`)
+        from .. import create_model  # the models package (branch `models`)
 
         kwargs = dict(num_classes=case.num_classes, in_chans=case.channels, stem=case.stem,
                       width_mult=case.width_mult)
@@ -180,7 +215,7 @@ def _build(case: Case, variant: Variant) -> nn.Module:
                                    case.num_kernels)
     if variant.impl is not None:
         for m in module.modules():
-            if isinstance(m, A2D2Conv2d):
+            if isinstance(m, _IMPL_LAYERS):
                 m.impl = variant.impl
     return module
 
@@ -330,7 +365,7 @@ def _device_tag(device: torch.device) -> str:
 def csv_name(preset: str, device: torch.device, dtype: str) -> str:
     """File name recording preset, device, dtype and versions, e.g.
     ``bench_issue6_cpu2t_fp32_torch2.14.1_a2d2c0.1.0.csv``."""
-    from . import __version__
+    from .. import __version__
 
     torch_version = torch.__version__.split("+")[0]
     return (f"bench_{preset}_{_device_tag(device)}_{dtype}_torch{torch_version}"
@@ -339,28 +374,46 @@ def csv_name(preset: str, device: torch.device, dtype: str) -> str:
 
 def _run_case(case: Case, variants: Sequence[Variant], device: torch.device,
               amp_dtype: torch.dtype | None, channels_last: bool, repeats: int, warmup: int,
-              log: Callable[[str], None]) -> list[dict]:
-    from . import __version__
+              log: Callable[[str], None], min_sample_s: float = 0.0) -> list[dict]:
+    """Time every variant of ``case``, interleaved; one row per variant.
+
+    ``min_sample_s``: each timed sample runs as many steps as it takes (calibrated after
+    the warm-up) to last at least this long, and reports the time per step, so that
+    sub-millisecond layers are not measured at the timer's and the scheduler's
+    resolution.
+    """
+    from .. import __version__
 
     train = case.mode == "train"
     runners = []
+    variants = [*variants, *(Variant(label, label) for label in case.extra_variants)]
     for v in variants:
         try:
             runners.append(_make_runner(case, v, device, amp_dtype, channels_last, seed=0))
         except (TypeError, ValueError, ImportError) as err:
             log(f"  skip {v.label}: {err}")
+    inner = {}
     for r in runners:
         for _ in range(warmup):
             r.step()
+        _sync(device)
+        t0 = time.perf_counter()
+        if min_sample_s > 0:
+            r.step()
+            _sync(device)
+        once = time.perf_counter() - t0
+        inner[id(r)] = max(1, math.ceil(min_sample_s / once)) if min_sample_s > 0 else 1
     _sync(device)
     for rep in range(repeats):
         shift = rep % len(runners)
         for r in runners[shift:] + runners[:shift]:
+            n = inner[id(r)]
             _sync(device)
             t0 = time.perf_counter()
-            r.step()
+            for _ in range(n):
+                r.step()
             _sync(device)
-            r.times.append(time.perf_counter() - t0)
+            r.times.append((time.perf_counter() - t0) / n)
     rows = []
     x_probe = torch.randn(case.batch, case.channels, case.size, case.size, device=device)
     for r in runners:
@@ -465,7 +518,7 @@ def run_benchmark(
         raise ValueError(f"repeats must be >= 1 and warmup >= 0, got {repeats}, {warmup}")
     if channels_last is None:
         channels_last = device.type == "cuda"
-    chosen = list_variants(variants)
+    chosen = list_variants(variants, triton=device.type == "cuda" and _has_triton())
     log(f"a2d2c bench: {len(cases)} case(s) x {len(chosen)} variants on {_device_tag(device)}, "
         f"{dtype}, channels_last={channels_last}, {repeats} repeats, allocator "
         f"{allocator_state()}, torch {torch.__version__}, {platform.machine()}")
@@ -486,3 +539,206 @@ def run_benchmark(
 def rows_as_dicts(cases: Sequence[Case]) -> list[dict]:
     """The cases as plain dicts (for printing a preset)."""
     return [asdict(c) for c in cases]
+
+
+# ----------------------------------------------------------------------------- DCN layers
+# DCNv3/DCNv4 token mixers beside the 3×3 convolutions of the layer cases (C → C, same
+# size; group = C / 16 as in InternImage), wrapped to take and return NCHW. The
+# ``:grid_sample`` variant is the naive route (the official PyTorch reference's: one
+# grid_sample over all P points, P× the output saved for backward), kept here only as the
+# memory baseline of a2d2c.ops.dcnv3_core.
+
+
+def naive_dcnv3_core(value: Tensor, offset: Tensor, mask: Tensor, kernel_h: int, kernel_w: int,
+                     stride_h: int, stride_w: int, pad_h: int, pad_w: int, dilation_h: int,
+                     dilation_w: int, group: int, group_channels: int, offset_scale: float,
+                     remove_center: bool) -> Tensor:
+    """:func:`a2d2c.ops.dcnv3_core` by one ``grid_sample`` of every point at once."""
+    n, h, w, c = value.shape
+    _, ho, wo, _ = offset.shape
+    pts = [(i, j) for i in range(kernel_w) for j in range(kernel_h)
+           if not (remove_center and i == kernel_w // 2 and j == kernel_h // 2)]
+    s = offset_scale
+    cw, ch = (dilation_w * (kernel_w - 1)) >> 1, (dilation_h * (kernel_h - 1)) >> 1
+    dt = offset.dtype if offset.dtype == torch.float64 else torch.float32
+    ix = torch.tensor([i * dilation_w for i, _ in pts], dtype=dt, device=value.device)
+    jy = torch.tensor([j * dilation_h for _, j in pts], dtype=dt, device=value.device)
+    bx = torch.arange(wo, dtype=dt, device=value.device) * stride_w - pad_w + cw - cw * s
+    by = torch.arange(ho, dtype=dt, device=value.device) * stride_h - pad_h + ch - ch * s
+    off = offset.to(dt).view(n, ho, wo, group, len(pts), 2)
+    x = bx.view(1, 1, -1, 1, 1) + (ix + off[..., 0]) * s
+    y = by.view(1, -1, 1, 1, 1) + (jy + off[..., 1]) * s
+    # pixel → grid_sample's normalised coordinates (align_corners=False: -1 = left edge)
+    grid = torch.stack(((2 * x + 1) / w - 1, (2 * y + 1) / h - 1), -1)
+    grid = grid.permute(0, 3, 1, 2, 4, 5).reshape(n * group, ho * wo, len(pts), 2)
+    v = value.view(n, h, w, group, group_channels).permute(0, 3, 4, 1, 2)
+    v = v.reshape(n * group, group_channels, h, w)
+    sampled = F.grid_sample(v, grid.to(v.dtype), mode="bilinear", padding_mode="zeros",
+                            align_corners=False)  # (N·G, D, Ho·Wo, P)
+    m = mask.view(n, ho * wo, group, len(pts)).permute(0, 2, 1, 3).reshape(n * group, 1,
+                                                                          ho * wo, len(pts))
+    out = (sampled * m.to(sampled.dtype)).sum(-1)  # (N·G, D, Ho·Wo)
+    return out.view(n, c, ho * wo).transpose(1, 2).reshape(n, ho, wo, c)
+
+
+class _DCNLayer(nn.Module):
+    """A DCN token mixer as an NCHW ``C → C`` layer."""
+
+    def __init__(self, kind: str, channels: int, naive: bool) -> None:
+        super().__init__()
+        from ..layers.dcn import DCNv3, DCNv4
+
+        cls = DCNv3 if kind == "dcnv3" else DCNv4
+        if naive:
+            cls = type(f"{cls.__name__}GridSample", (cls,),
+                       {"core": staticmethod(naive_dcnv3_core)})
+        self.kind = kind
+        self.dcn = cls(channels, group=max(1, channels // 16))
+
+    def forward(self, x: Tensor) -> Tensor:
+        n, c, h, w = x.shape
+        t = x.permute(0, 2, 3, 1)
+        if self.kind == "dcnv3":
+            return self.dcn(t).permute(0, 3, 1, 2)
+        return self.dcn(t.reshape(n, h * w, c), (h, w)).view(n, h, w, c).permute(0, 3, 1, 2)
+
+
+#: The DCN variants of the ``dcn`` preset's cases (beside the conv factory's).
+DCN_VARIANTS = ("dcnv3", "dcnv4", "dcnv4:grid_sample")
+
+
+def _build_dcn(case: Case, variant: Variant) -> nn.Module:
+    if case.kind != "layer":
+        raise ValueError(f"{variant.label} is a layer variant; case {case.name!r} is a model")
+    kind, _, route = variant.conv.partition(":")
+    return _DCNLayer(kind, case.channels, naive=route == "grid_sample")
+
+
+# InternImage-T's stage 1 and stage 3 at 224² (``a2d2c bench --preset dcn --variants static``
+# runs only the 3×3 conv beside the DCN layers).
+PRESETS["dcn"] = [
+    Case("dcn64_b8_56x56_train", "layer", "train", 8, 64, 56, extra_variants=DCN_VARIANTS),
+    Case("dcn256_b32_14x14_train", "layer", "train", 32, 256, 14, extra_variants=DCN_VARIANTS),
+    Case("dcn64_b1_56x56_infer", "layer", "infer", 1, 64, 56, extra_variants=DCN_VARIANTS),
+]
+
+# ----------------------------------------------------------------------------- grid
+#: The grid of ``a2d2c bench --preset grid``: 3×3 layers ``C → C`` (stride 1, padding 1).
+#: ``max_gmacs`` drops points whose static forward exceeds it (GMACs per step), so that
+#: the grid fits a CPU; ``None`` keeps every point.
+GRIDS: dict[str, dict] = {
+    "full": dict(channels=(8, 16, 32, 64, 128, 256, 512), sizes=(4, 7, 14, 28, 56, 112),
+                 batches=(1, 8, 32, 128, 256), modes=("train", "infer"), max_gmacs=None),
+    "reduced": dict(channels=(8, 32, 128, 512), sizes=(4, 14, 28, 56, 112),
+                    batches=(1, 8, 32, 128, 256), modes=("train", "infer"), max_gmacs=1.0),
+    "tiny": dict(channels=(8,), sizes=(4,), batches=(2,), modes=("train", "infer"),
+                 max_gmacs=None),
+}
+GRID_LAYERS = ("a2d2c", "condconv", "dynamicconv", "odconv")
+GRID_COLUMNS = ["case", "mode", "batch", "channels", "size", "layer", "impl", "auto_choice",
+                "median_ms", "ratio", "best_impl", "regret", "load1", "threads", "device",
+                "torch"]
+
+
+def grid_cases(grid: str = "reduced") -> list[Case]:
+    """The layer cases of a grid (see :data:`GRIDS`), cheapest first."""
+    spec = GRIDS[grid]
+    cases = []
+    for mode in spec["modes"]:
+        for c in spec["channels"]:
+            for s in spec["sizes"]:
+                for b in spec["batches"]:
+                    gmacs = b * c * c * 9 * s * s / 1e9
+                    if spec["max_gmacs"] is not None and gmacs > spec["max_gmacs"]:
+                        continue
+                    cases.append(Case(f"grid_c{c}_s{s}_b{b}_{mode}", "layer", mode, b, c, s))
+    return sorted(cases, key=lambda c: c.batch * c.channels ** 2 * c.size ** 2)
+
+
+def _grid_variants() -> list[Variant]:
+    out = [Variant("static", "static")]
+    for name in GRID_LAYERS:
+        per_tap = name == "odconv"  # its spatial attention depends on the tap (3×3 here)
+        for impl in ("auto", *exact_impls(per_tap)):
+            out.append(Variant(f"{name}:{impl}", name, impl))
+    return out
+
+
+def _load1() -> float:
+    try:
+        with open("/proc/loadavg") as f:
+            return float(f.read().split()[0])
+    except OSError:
+        return math.nan
+
+
+def run_grid(*, grid: str = "reduced", device: str | torch.device = "cpu",
+             repeats: int = 3, warmup: int = 1, out_dir: str | Path | None = None,
+             min_sample_s: float = 0.05, log: Callable[[str], None] = print
+             ) -> tuple[list[dict], Path | None]:
+    """Every exact path and ``auto`` of every layer type over a grid of layer shapes.
+
+    For each point and layer type: the time of each path, auto's *regret* (auto's time /
+    the fastest exact path's) and auto's ratio to the static convolution. Rows are
+    appended to ``bench_grid_<grid>_<device>.csv`` after every point, and points already
+    in the file are skipped, so an interrupted run resumes where it stopped.
+    """
+    device = torch.device(device)
+    cases = grid_cases(grid)
+    variants = _grid_variants()
+    name = f"bench_grid_{grid}_{_device_tag(device)}.csv"
+    path = None if out_dir is None else Path(out_dir) / name
+    done: set[str] = set()
+    if path is not None and path.exists():
+        with path.open() as f:
+            done = {row["case"] for row in csv.DictReader(f)}
+    log(f"a2d2c bench --preset grid ({grid}): {len(cases)} points, {len(done)} done, "
+        f"{len(variants)} variants, {torch.get_num_threads()} threads on {_device_tag(device)}")
+    all_rows: list[dict] = []
+    for case in cases:
+        if case.name in done:
+            continue
+        load = _load1()
+        rows = _run_case(case, variants, device, None, device.type == "cuda", repeats, warmup,
+                         lambda _msg: None, min_sample_s=min_sample_s)
+        by_label = {r["variant"]: r for r in rows}
+        out_rows = []
+        train = case.mode == "train"
+        x_shape = (case.batch, case.channels, case.size, case.size)
+        for r in rows:
+            layer, _, impl = r["variant"].partition(":")
+            row = dict(case=case.name, mode=case.mode, batch=case.batch,
+                       channels=case.channels, size=case.size, layer=layer,
+                       impl=impl or "static", auto_choice="", median_ms=r["median_ms"],
+                       ratio=r["ratio"], best_impl="", regret=math.nan, load1=load,
+                       threads=torch.get_num_threads(), device=_device_tag(device),
+                       torch=torch.__version__)
+            if impl == "auto":
+                exact = {i: by_label[f"{layer}:{i}"]["median_ms"]
+                         for i in exact_impls(layer == "odconv") if f"{layer}:{i}" in by_label}
+                best = min(exact, key=exact.__getitem__)
+                row["best_impl"] = best
+                row["regret"] = r["median_ms"] / exact[best]
+                row["auto_choice"] = auto_impl(
+                    x_shape, (case.num_kernels, case.channels, case.channels, 3, 3),
+                    layer == "odconv", training=train, device_type=device.type,
+                    padding=(1, 1))
+            out_rows.append(row)
+        all_rows += out_rows
+        if path is not None:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            new = not path.exists()
+            with path.open("a", newline="") as f:
+                writer = csv.DictWriter(f, fieldnames=GRID_COLUMNS)
+                if new:
+                    writer.writeheader()
+                for row in out_rows:
+                    writer.writerow({k: (f"{v:.4g}" if isinstance(v, float) else v)
+                                     for k, v in row.items()})
+        autos = [r for r in out_rows if r["impl"] == "auto"]
+        log(f"{case.name} (load {load:.1f}): static {by_label['static']['median_ms']:.2f} ms; "
+            + ", ".join(f"{r['layer']} auto={r['auto_choice']} {r['ratio']:.2f}x regret "
+                        f"{r['regret']:.2f}" for r in autos))
+    if path is not None:
+        log(f"wrote {path}")
+    return all_rows, path

@@ -1,0 +1,1 @@
+"""Developer tools: benchmarks (``a2d2c bench``)."""

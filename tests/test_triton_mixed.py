@@ -1,0 +1,134 @@
+"""The Triton kernels of ``mixed_conv2d(impl="triton")`` against the float64 loop oracle.
+
+``TRITON_INTERPRET`` must be set before the kernels are defined, so without a GPU this
+module re-runs itself in a child process with ``TRITON_INTERPRET=1`` (CPU tensors, tiny
+shapes, one autotune config); the parent test passes when the child's do. With
+``A2D2C_TRITON_DEVICE=cuda`` (scripts/gpu_checks.sh) the cases run on the GPU, bf16 too.
+Skipped where triton is not installed: nothing else needs it.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+CHILD = os.environ.get("A2D2C_TRITON_CHILD") == "1"
+DEVICE = os.environ.get("A2D2C_TRITON_DEVICE", "cpu")
+HAS_TRITON = importlib.util.find_spec("triton") is not None
+
+pytestmark = pytest.mark.skipif(not HAS_TRITON, reason="triton is not installed")
+
+
+@pytest.mark.skipif(CHILD, reason="runs in the parent only")
+def test_triton_kernels_under_the_interpreter():
+    env = dict(os.environ, TRITON_INTERPRET="1", A2D2C_TRITON_CHILD="1",
+               A2D2C_TRITON_DEVICE="cpu")
+    root = Path(__file__).resolve().parents[1]
+    proc = subprocess.run(
+        [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-x", __file__],
+        cwd=root, env=env, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stdout[-6000:] + proc.stderr[-3000:]
+    assert " passed" in proc.stdout and "failed" not in proc.stdout
+
+
+# --------------------------------------------------------------------------- child cases
+B, K = 2, 3
+# (C, O, kernel, stride, padding, dilation, groups, H, W): the layer tests' geometries at
+# sizes that do not divide the 16-wide interpreter blocks
+GEOMETRIES = {
+    "3x3": (6, 5, (3, 3), (1, 1), (1, 1), (1, 1), 1, 7, 6),
+    "strided_grouped": (6, 4, (3, 2), (2, 1), (1, 0), (1, 2), 2, 7, 5),
+    "3x5_dilated": (5, 3, (3, 5), (1, 1), (0, 2), (2, 1), 1, 9, 8),
+    "1x1_stride2": (6, 6, (1, 1), (2, 2), (0, 0), (1, 1), 1, 5, 7),
+    "depthwise": (4, 4, (3, 3), (1, 1), (2, 2), (2, 2), 4, 6, 5),
+}
+COEFFS = {"BK": lambda o, kh, kw: (B, K), "BKO": lambda o, kh, kw: (B, K, o),
+          "BKkk": lambda o, kh, kw: (B, K, kh, kw)}
+TOL = {torch.float32: dict(rtol=1e-4, atol=1e-4), torch.float16: dict(rtol=2e-2, atol=3e-2),
+       torch.bfloat16: dict(rtol=5e-2, atol=1e-1)}
+
+
+def _case(geo, coeff, dtype, scales, bias, channels_last):
+    from _mixed_oracle import oracle
+    from a2d2c.ops import mixed_conv2d
+
+    c, o, (kh, kw), stride, padding, dilation, g, h, w = GEOMETRIES[geo]
+    torch.manual_seed(0)
+    d = torch.float64
+    x = torch.randn(B, c, h, w, dtype=d)
+    weight = torch.randn(K, o, c // g, kh, kw, dtype=d) / (c // g * kh * kw) ** 0.5
+    a = torch.rand(*COEFFS[coeff](o, kh, kw), dtype=d)
+    s_in = torch.rand(B, c, dtype=d) if scales else None
+    s_out = torch.rand(B, o, dtype=d) if scales else None
+    b_t = torch.randn(B, o, 1, 1, dtype=d) if bias else None
+    leaves = [t for t in (x, weight, a, s_in, s_out, b_t) if t is not None]
+    for t in leaves:
+        t.requires_grad_(True)
+    want = oracle(x, weight, a, b_t, stride, padding, dilation, g, s_in, s_out)
+    gy = torch.randn_like(want)
+    want_grads = torch.autograd.grad(want, leaves, gy)
+
+    def cast(t, low):
+        if t is None:
+            return None
+        t = t.detach().to(DEVICE, low if low else torch.float32)
+        return t.requires_grad_(True)
+
+    xl = cast(x, dtype)
+    if channels_last:
+        xl = xl.detach().to(memory_format=torch.channels_last).requires_grad_(True)
+    wl = cast(weight, dtype)
+    al, sil, sol, bl = cast(a, None), cast(s_in, None), cast(s_out, None), cast(b_t, None)
+    got = mixed_conv2d(xl, wl, al, bl, stride, padding, dilation, g, in_scale=sil,
+                       out_scale=sol, impl="triton")
+    assert got.dtype == dtype and got.shape == want.shape
+    if channels_last:
+        assert got.is_contiguous(memory_format=torch.channels_last)
+    live = [t for t in (xl, wl, al, sil, sol, bl) if t is not None]
+    got_grads = torch.autograd.grad(got, live, gy.to(DEVICE, dtype))
+    tol = TOL[dtype]
+    torch.testing.assert_close(got.double().cpu(), want.detach(), **tol)
+    names = [n for n, t in zip(("x", "weight", "coeff", "in_scale", "out_scale", "bias"),
+                               (x, weight, a, s_in, s_out, b_t), strict=True) if t is not None]
+    for name, gg, gw in zip(names, got_grads, want_grads, strict=True):
+        scale = max(1.0, gw.abs().max().item())
+        torch.testing.assert_close(gg.double().cpu() / scale, gw / scale, **tol,
+                                   msg=lambda m, n=name: f"grad of {n}: {m}")
+
+
+DTYPES = [torch.float32, torch.float16] + ([torch.bfloat16] if DEVICE == "cuda" else [])
+CHILD_CASES = (
+    [(geo, "BKkk", dt, True, True, False) for geo in GEOMETRIES for dt in DTYPES]
+    + [("strided_grouped", "BK", torch.float32, False, False, False),
+       ("3x3", "BKO", torch.float16, False, True, False),
+       ("3x3", "BKkk", torch.float32, True, False, True),
+       ("strided_grouped", "BKO", torch.float16, True, True, True)]
+)
+
+
+@pytest.mark.skipif(not CHILD, reason="run by test_triton_kernels_under_the_interpreter")
+@pytest.mark.parametrize("geo,coeff,dtype,scales,bias,channels_last", CHILD_CASES)
+def test_triton_matches_float64_oracle(geo, coeff, dtype, scales, bias, channels_last):
+    _case(geo, coeff, dtype, scales, bias, channels_last)
+
+
+@pytest.mark.skipif(not CHILD, reason="run by test_triton_kernels_under_the_interpreter")
+def test_triton_layers_match_kernel_form():
+    """Every layer with impl='triton' against the same layer with impl='kernel'."""
+    import a2d2c
+
+    dtype = torch.float32
+    for cls in (a2d2c.CondConv2d, a2d2c.DynamicConv2d, a2d2c.ODConv2d):
+        torch.manual_seed(0)
+        layer = cls(5, 6, 3, padding=1, num_kernels=3).to(DEVICE, dtype)
+        x = torch.randn(2, 5, 6, 7, device=DEVICE, dtype=dtype)
+        layer.impl = "kernel"
+        want = layer(x)
+        layer.impl = "triton"
+        torch.testing.assert_close(layer(x), want, rtol=1e-4, atol=1e-4)
