@@ -152,12 +152,14 @@ def test_no_dynamic_layers_and_bad_input() -> None:
         attention_stats(nn.Conv2d(1, 1, 1), ["nope"])
 
 
-def test_engine_records_diagnostics_per_epoch(tmp_path, capsys) -> None:
+def test_engine_records_diagnostics_per_epoch(tmp_path, caplog) -> None:
     import json
+    import logging
 
     from _engine_helpers import tiny_config
     from a2d2c.engine import fit
 
+    caplog.set_level(logging.INFO, logger="a2d2c")
     fit(tiny_config(tmp_path / "on", train={"attention_stats": 8}))
     rows = [json.loads(line) for line in (tmp_path / "on" / "metrics.jsonl").read_text()
             .splitlines()]
@@ -165,8 +167,9 @@ def test_engine_records_diagnostics_per_epoch(tmp_path, capsys) -> None:
     for row in rows:
         assert 0 < row["attn_pi_entropy_ratio"] <= 1 + 1e-9
         assert row["attn_pi_sample_sd"] >= 0 and row["attn_pi_output_change"] >= 0
-    assert "| attn pi: H/logK" in capsys.readouterr().out
+    assert "| attn pi: H/logK" in caplog.text
+    caplog.clear()
     fit(tiny_config(tmp_path / "off", train={"attention_stats": 0, "epochs": 1}))
     row = json.loads((tmp_path / "off" / "metrics.jsonl").read_text())
     assert not any(k.startswith("attn_") for k in row)
-    assert "attn" not in capsys.readouterr().out
+    assert "attn" not in caplog.text and "epoch 1/1" in caplog.text
