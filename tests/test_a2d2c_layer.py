@@ -485,7 +485,7 @@ def test_explicit_points_shapes():
 def test_factory_names_select_the_forms():
     k = a2d2c.create_conv2d("a2d2c", 4, 8, 3, padding=1, num_kernels=2)
     p = a2d2c.create_conv2d("a2d2c+", 4, 8, 3, padding=1, num_kernels=2)
-    assert isinstance(k, A2D2Conv2d) and k.impl == "kernel" and k.num_kernels == 2
+    assert isinstance(k, A2D2Conv2d) and k.impl == "auto" and k.num_kernels == 2
     assert isinstance(p, A2D2Conv2d) and p.impl == "plus"
     assert isinstance(a2d2c.create_conv2d("static", 4, 8, 3), nn.Conv2d)
     with pytest.raises(ValueError, match=r"unknown conv type 'a2dc'; did you mean 'a2d2c'"):
@@ -525,7 +525,7 @@ def test_convert_torchvision_resnet_stays_close():
 
 def test_convert_placements():
     net = nn.Sequential(nn.Conv2d(3, 8, 3), nn.Conv2d(8, 8, 1), nn.Conv2d(8, 8, 3, groups=8))
-    a2d2c.convert(net, placement="all")
+    a2d2c.convert(net, placement="every")
     assert all(isinstance(m, A2D2Conv2d) for m in net)
     net = nn.Sequential(nn.Conv2d(3, 8, 3), nn.Conv2d(8, 8, 1), nn.Conv2d(8, 8, 3, groups=8))
     a2d2c.convert(net, placement="3x3-dense", num_kernels=2, head="mlp")
@@ -536,5 +536,5 @@ def test_convert_placements():
     assert [type(m) for m in net] == [nn.Conv2d, A2D2Conv2d]
     with pytest.raises(ValueError, match=r"unknown placement 'everything'"):
         a2d2c.convert(net, placement="everything")
-    with pytest.raises(TypeError, match=r"unexpected keyword argument 'kernal_num'"):
+    with pytest.raises(TypeError, match=r"unexpected argument\(s\) \['kernal_num'\]"):
         a2d2c.convert(nn.Sequential(nn.Conv2d(3, 8, 3)), kernal_num=4)

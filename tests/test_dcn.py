@@ -335,3 +335,70 @@ def test_narrow_flash_internimage_trains():
     assert sum(losses[-3:]) < 0.85 * sum(losses[:3]), losses
     offsets = [m.offset_mask.weight for m in model.modules() if isinstance(m, a2d2c.DCNv4)]
     assert all(w.abs().sum() > 0 for w in offsets)  # the sampling positions moved
+
+
+# ----------------------------------------------------------------------------- memory, bench
+def test_core_saves_only_its_inputs_unlike_the_grid_sample_route():
+    # The grid_sample route saves P samples per output element for backward; ours keeps
+    # value, offset and mask (independent check of the bench's naive route on the way).
+    from a2d2c.tools.benchmark import naive_dcnv3_core, saved_activation_bytes
+
+    case = (3, 3, 1, 1, 1, 1, 1, 1, 2, 16, 1.0, False)
+    g = torch.Generator().manual_seed(0)
+    v = torch.randn(2, 12, 10, 32, generator=g, requires_grad=True)
+    off = (2 * torch.randn(2, 12, 10, 36, generator=g)).requires_grad_()
+    m = torch.randn(2, 12, 10, 18, generator=g, requires_grad=True)
+    torch.testing.assert_close(dcnv3_core(v, off, m, *case), naive_dcnv3_core(v, off, m, *case),
+                               rtol=1e-4, atol=1e-4)
+    ours = saved_activation_bytes(lambda: dcnv3_core(v, off, m, *case))
+    naive = saved_activation_bytes(lambda: naive_dcnv3_core(v, off, m, *case))
+    inputs = sum(t.numel() * 4 for t in (v, off, m))
+    assert ours == inputs
+    assert naive >= inputs + 9 * v.numel() * 4  # the (N·G, D, Ho·Wo, P) samples
+
+
+def test_bench_dcn_preset_runs_beside_the_3x3_conv():
+    from a2d2c.tools.benchmark import DCN_VARIANTS, PRESETS, Case, run_benchmark
+
+    assert all(c.extra_variants == DCN_VARIANTS for c in PRESETS["dcn"])
+    case = Case("tiny", "layer", "train", 1, 16, 6, extra_variants=DCN_VARIANTS)
+    rows, _ = run_benchmark([case], repeats=1, warmup=0, variants=["static"],
+                            log=lambda s: None)
+    assert [r["variant"] for r in rows] == ["static", *DCN_VARIANTS]
+    for r in rows:
+        assert math.isfinite(r["ratio"]) and math.isfinite(r["saved_mb"])
+
+
+def test_profiler_counts_the_dcn_sampling_per_layer():
+    from torch.utils.flop_counter import FlopCounterMode
+
+    from a2d2c.profiling import count_madds
+
+    model = a2d2c.create_model("flash_internimage_t", num_classes=10, stem="cifar",
+                               width_mult=0.25, depths=(1, 1, 1, 1)).eval()
+    report = count_madds(model, (3, 32, 32))
+    assert report.summary() == "4x DCNv4 P=9"
+    with FlopCounterMode(display=False) as counter, torch.no_grad():
+        model(torch.randn(1, 3, 32, 32))
+    sampling = counter.get_flop_counts()["Global"][torch.ops.a2d2c.dcnv3_core] // 2
+    # stages: 16 channels at 32x32, 32 at 16x16, 64 at 8x8, 128 at 4x4; 9 points each
+    assert sampling == sum(5 * s * s * 9 * c for c, s in ((16, 32), (32, 16), (64, 8), (128, 4)))
+    assert report.madds == counter.get_total_flops() // 2
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_core_cuda_matches_the_oracle_and_bf16_autocast():
+    case = CASES[2]
+    value, offset, mask = _inputs(case, n=2, seed=11)
+    ref = _grads(lambda v, o, m: _oracle(v, o, m, *case), value, offset, mask)
+    ours = _grads(lambda v, o, m: dcnv3_core(v, o, m, *case),
+                  *(t.cuda() for t in (value, offset, mask)))
+    for a, b in zip(ours, ref, strict=True):
+        torch.testing.assert_close(a.cpu(), b, rtol=1e-10, atol=1e-10)
+    model = a2d2c.create_model("flash_internimage_t", num_classes=5, stem="cifar",
+                               width_mult=0.25, depths=(1, 1, 1, 1)).cuda()
+    with torch.autocast("cuda", dtype=torch.bfloat16):
+        out = model(torch.randn(2, 3, 32, 32, device="cuda"))
+    out.float().sum().backward()
+    assert torch.isfinite(out).all()
+    assert all(torch.isfinite(p.grad).all() for p in model.parameters() if p.grad is not None)

@@ -22,7 +22,7 @@ import a2d2c
 from a2d2c.detection import (
     TABLE7_BACKBONES,
     CocoInstances,
-    StepWarmupLR,
+    build_detection_schedule,
     coco_evaluate,
     create_backbone_body,
     create_maskrcnn,
@@ -253,19 +253,25 @@ def test_checkpoint_of_another_architecture_is_a_clear_error(tmp_path: Path) -> 
 # ----------------------------------------------------------------------------- schedules
 
 def test_lr_schedule_warmup_and_steps() -> None:
+    # mmdetection's 1x: 500 warm-up iterations from 0.001, x0.1 after epochs 8 and 11
+    from types import SimpleNamespace
+
     p = nn.Parameter(torch.zeros(1))
     opt = torch.optim.SGD([p], lr=0.02)
-    sched = StepWarmupLR(opt, [8, 11], gamma=0.1, warmup_iters=500, warmup_factor=0.001)
-    assert opt.param_groups[0]["lr"] == pytest.approx(0.02 * 0.001)
-    for _ in range(250):
+    train = SimpleNamespace(epochs=12, warmup_iters=500, warmup_factor=0.001, lr_gamma=0.1,
+                            lr_steps=[8, 11])
+    sched = build_detection_schedule(opt, train, steps_per_epoch=100)
+    lrs = []
+    for _ in range(1200):
+        lrs.append(opt.param_groups[0]["lr"])
+        opt.step()
         sched.step()
-    assert opt.param_groups[0]["lr"] == pytest.approx(0.02 * (0.001 + 0.999 * 0.5))
-    for _ in range(250):
-        sched.step()
-    assert opt.param_groups[0]["lr"] == pytest.approx(0.02)
+    assert lrs[0] == pytest.approx(0.02 * 0.001)
+    assert lrs[250] == pytest.approx(0.02 * (0.001 + 0.999 * 0.5))
+    assert lrs[500] == pytest.approx(0.02)
     for epoch, lr in ((7, 0.02), (8, 0.002), (10, 0.002), (11, 0.0002)):
-        sched.set_epoch(epoch)
-        assert opt.param_groups[0]["lr"] == pytest.approx(lr)
+        assert lrs[epoch * 100] == pytest.approx(lr) and lrs[epoch * 100 + 99] == \
+            pytest.approx(lr)
 
 
 def test_temperature_policy(tmp_path: Path) -> None:

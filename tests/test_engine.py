@@ -23,11 +23,11 @@ from a2d2c.engine import (
     NonFiniteLossError,
     ScheduleConfig,
     StopRequest,
+    epoch_schedule,
     evaluate_checkpoint,
     fit,
     load_checkpoint,
     load_config,
-    lr_factor_fn,
     save_checkpoint,
     train_one_epoch,
 )
@@ -85,18 +85,40 @@ def test_cli_print_config_resolves_the_default_recipe(capsys):
 
 
 # --------------------------------------------------------------------- schedules
+def _lrs(cfg: ScheduleConfig, epochs: int, steps: int, base_lr: float = 1.0) -> list[float]:
+    """The LR of every iteration, as the optimizer sees it (scheduler stepped per step)."""
+    p = torch.nn.Parameter(torch.zeros(1))
+    opt = torch.optim.SGD([p], lr=base_lr)
+    sched = epoch_schedule(opt, cfg, epochs, steps)
+    out = []
+    for _ in range(epochs * steps):
+        out.append(opt.param_groups[0]["lr"])
+        opt.step()
+        sched.step()
+    return out
+
+
 def test_step_schedule_with_warmup():
-    f = lr_factor_fn(ScheduleConfig(name="step", milestones=[2, 4], gamma=0.1,
-                                    warmup_epochs=0.5, warmup_factor=0.2), 6, 10, 1.0)
-    assert f(0) == pytest.approx(0.2) and f(2) == pytest.approx(0.2 + 0.8 * 2 / 5)
-    assert [f(s) for s in (5, 19, 20, 39, 40, 59)] == pytest.approx(
+    # the paper's step schedule after a linear warm-up, written out by hand:
+    # lr(it) = w(it) * 0.1^(#milestones passed), w rising 0.2 -> 1 over 5 iterations
+    lrs = _lrs(ScheduleConfig(name="step", milestones=[2, 4], gamma=0.1, warmup_epochs=0.5,
+                              warmup_factor=0.2), 6, 10)
+    assert lrs[0] == pytest.approx(0.2) and lrs[2] == pytest.approx(0.2 + 0.8 * 2 / 5)
+    assert [lrs[s] for s in (5, 19, 20, 39, 40, 59)] == pytest.approx(
         [1, 1, 0.1, 0.1, 0.01, 0.01])
 
 
 def test_cosine_schedule_ends_at_min_lr():
-    f = lr_factor_fn(ScheduleConfig(name="cosine", min_lr=0.01), 4, 25, 0.1)
-    assert f(0) == 1.0 and f(50) == pytest.approx(0.1 + 0.9 * 0.5)
-    assert f(100) == pytest.approx(0.1)
+    lrs = _lrs(ScheduleConfig(name="cosine", min_lr=0.01), 4, 25, base_lr=0.1)
+    oracle = [0.01 + 0.09 * 0.5 * (1 + math.cos(math.pi * s / 100)) for s in range(100)]
+    assert lrs == pytest.approx(oracle, rel=1e-9, abs=1e-12)
+
+
+def test_cosine_after_warmup_follows_the_closed_form():
+    lrs = _lrs(ScheduleConfig(name="cosine", warmup_epochs=1, warmup_factor=0.1), 3, 4)
+    warm = [0.1 + 0.9 * s / 4 for s in range(4)]
+    cos = [0.5 * (1 + math.cos(math.pi * s / 8)) for s in range(8)]
+    assert lrs == pytest.approx(warm + cos, rel=1e-9)
 
 
 # ----------------------------------------------------------------- exact resume
@@ -283,7 +305,7 @@ def test_cli_eval_reports_the_recorded_accuracy(tmp_path, capsys):
                      "--train.progress", "false"]) == 0
     out = capsys.readouterr().out
     assert f"top-1 {recorded:.2f}%" in out and "recorded at training time" in out
-    assert cli_main(["eval", "--checkpoint", str(tmp_path / "none.pt")]) == 1
+    assert cli_main(["eval", "--checkpoint", str(tmp_path / "none.pt")]) == 2
     assert "checkpoint not found" in capsys.readouterr().err
 
 
@@ -316,7 +338,7 @@ def test_gradient_clipping_bounds_the_update():
 def test_cli_missing_data_and_checkpoint_are_clear_errors(tmp_path, capsys):
     missing = str(tmp_path / "nowhere")
     assert cli_main(["train", "--data.name", "cifar100", "--data.root", missing,
-                     "--train.output_dir", str(tmp_path / "out")]) == 1
+                     "--train.output_dir", str(tmp_path / "out")]) == 2
     err = capsys.readouterr().err
     assert "CIFAR-100 not found" in err and "nowhere/cifar-100-python" in err
     assert not (tmp_path / "out").exists()  # nothing built, nothing written

@@ -147,8 +147,10 @@ def test_a2d2c_conv_kwargs_reach_the_layer():
     m = build_meta("resnet18_a2d2c", num_kernels=3, conv_kwargs=dict(num_points=7, head="mlp"))
     layer = m.layer1[0].conv1
     assert (layer.num_kernels, layer.num_points, layer.head) == (3, 7, "mlp")
-    assert layer.impl == "kernel"
+    assert layer.impl == "auto"  # registry A²D²C runs the cheapest exact form
     assert build_meta("resnet18_a2d2c_plus").layer1[0].conv1.impl == "plus"
+    assert build_meta("resnet18_a2d2c", impl="unfold").layer1[0].conv1.impl == "unfold"
+    assert build_meta("resnet18_a2d2c", impl="kernel").layer1[0].conv1.impl == "kernel"
     m = build_meta("resnet18", conv="a2d2c", placement="initial")
     assert isinstance(m.conv1, a2d2c.A2D2Conv2d)
 
@@ -183,7 +185,7 @@ def test_published_parameter_counts(name, overrides, millions):
 
 def test_condconv_81m_reconstruction():
     # SPEC §3: "CondConv 8x ResNet-18 is quoted as 81.35M ... state which convs".
-    from a2d2c.paper_figures import condconv_late
+    from a2d2c.paper.figures import condconv_late
 
     m = build_meta("resnet18_condconv", placement=condconv_late, classifier="dynamic")
     assert m.dynamic_convs == ["layer3.1.conv1", "layer3.1.conv2", "layer4.0.conv1",

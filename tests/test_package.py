@@ -145,3 +145,23 @@ def test_license_and_single_version():
     assert "version" not in meta["project"] and "version" in meta["project"]["dynamic"]
     assert meta["tool"]["setuptools"]["dynamic"]["version"] == {"attr": "a2d2c.__version__"}
     assert a2d2c.__version__.count(".") == 2
+
+
+# ------------------------------------------------------------------------ layout
+def test_data_does_not_import_the_engine():
+    import subprocess
+    import sys
+
+    code = ("import sys, a2d2c.data; "
+            "print(sorted(m for m in sys.modules if m.startswith('a2d2c.engine')))")
+    src = Path(__file__).resolve().parents[1] / "src"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         check=True, env={"PYTHONPATH": str(src), "PATH": ""}).stdout
+    assert out.strip() == "[]"
+
+
+def test_paper_tables_live_in_a2d2c_paper():
+    from a2d2c.paper import figures, table
+
+    assert figures.PAPER_ROWS and callable(table.paper_rows)
+    assert not (PKG / "paper_table.py").exists() and not (PKG / "paper_figures.py").exists()

@@ -108,7 +108,7 @@ def test_resnet50_variants_madds():
 def test_profile_command(capsys):
     assert main(["profile", "resnet18_a2d2c", "--input-size", "3", "32", "32", "--stem",
                  "cifar", "--num-classes", "10", "--width-mult", "0.25", "--conv-kwarg",
-                 "head=mlp", "--by-module"]) == 0
+                 "head=mlp", "--conv-kwarg", "impl=kernel", "--by-module"]) == 0
     out = capsys.readouterr().out
     assert "counted: 16x A2D2Conv2d impl=kernel" in out
     assert "input:   (1, 3, 32, 32)" in out

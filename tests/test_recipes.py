@@ -21,8 +21,8 @@ from a2d2c.engine import (
     StopRequest,
     build_model,
     build_optimizer,
+    epoch_schedule,
     load_config,
-    lr_factor_fn,
     train_one_epoch,
 )
 from a2d2c.models import model_arguments
@@ -79,6 +79,8 @@ def test_recipe_builds_and_trains_a_step(recipe, data_roots, tmp_path):
             "--train.output_dir", str(tmp_path), "--train.progress", "false"]
     if raw.data.name in data_roots:
         over += ["--data.root", str(data_roots[raw.data.name])]
+    if raw.model.pretrained:  # offline here; fine-tune recipes: tests/test_pretrained.py
+        over += ["--model.pretrained", "null"]
     size = {"cifar100": 16, "imagenet": 32, "imagefolder": 32}.get(raw.data.name)
     if size:
         over += ["--data.img_size", str(size)]
@@ -117,8 +119,7 @@ def test_recipe_builds_and_trains_a_step(recipe, data_roots, tmp_path):
     loader = build_loader(train, cfg.data, train=True, seed=0)
     opt = build_optimizer(model, cfg.optim)
     steps = len(loader)
-    sched = torch.optim.lr_scheduler.LambdaLR(
-        opt, lr_factor_fn(cfg.schedule, cfg.train.epochs, steps, cfg.optim.lr))
+    sched = epoch_schedule(opt, cfg.schedule, cfg.train.epochs, steps)
     temp = a2d2c.TemperatureScheduler(model, steps, start=cfg.temperature.start,
                                       end=cfg.temperature.end,
                                       anneal_epochs=cfg.temperature.anneal_epochs)

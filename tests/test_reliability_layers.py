@@ -124,7 +124,7 @@ def test_one_non_finite_sample_leaves_the_others_exact(name, opts, mode):
                     "(documented); eval uses running statistics and is tested")
     rng = random.Random(f"{name}{opts}{mode}")
     samplings = ("random", "fixed") if name == "a2d2c" else ("-",)
-    for trial in range(3):
+    for trial in range(2):
         for sampling in samplings:
             torch.manual_seed(rng.randrange(1 << 30))
             geo = _geometry(rng, groups_ok=name != "dcd")
@@ -152,6 +152,7 @@ def test_one_non_finite_sample_leaves_the_others_exact(name, opts, mode):
                     torch.testing.assert_close(gx[i:i + 1], gi, rtol=1e-4, atol=1e-5, msg=msg)
 
 
+@pytest.mark.slow
 def test_whole_model_one_bad_image_leaves_other_logits_exact():
     """The issue's repro: resnet18_a2d2c with fixed eval sampling, one inf image."""
     torch.manual_seed(0)

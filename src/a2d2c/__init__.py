@@ -6,6 +6,12 @@
 torch.Size([2, 32, 8, 8])
 """
 
+from __future__ import annotations
+
+import os
+from typing import TYPE_CHECKING
+
+from . import logs as _logs  # noqa: F401  (the "a2d2c" logger, quiet as a library)
 from .convert import PLACEMENTS, convert
 from .layers import (
     A2D2Conv2d,
@@ -27,6 +33,18 @@ from .temperature import TemperatureScheduler, get_temperature, set_temperature
 
 __version__ = "0.1.0"  # the package version (pyproject.toml reads it from here)
 
+
+if TYPE_CHECKING:
+    import torch
+
+
+def load_model(checkpoint: str | os.PathLike) -> torch.nn.Module:
+    """A trained model rebuilt from its checkpoint alone (``a2d2c.engine.load_model``)."""
+    from .engine import load_model as _load
+
+    return _load(checkpoint)
+
+
 __all__ = [
     "PLACEMENTS",
     "A2D2Conv2d",
@@ -47,6 +65,7 @@ __all__ = [
     "get_temperature",
     "list_conv_layers",
     "list_models",
+    "load_model",
     "register_conv_layer",
     "register_model",
     "set_temperature",

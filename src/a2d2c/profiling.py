@@ -15,6 +15,10 @@ cost: the kernel aggregation ``Σ_k π_k ⊙ W_k``, which every aggregating laye
 multiply-adds (``torch.addcmul``), one MAdd per output element. That is what the
 dynamic-convolution papers count as "kernel aggregation" (SPEC §4).
 
+The deformable sampling of DCNv3/DCNv4 (``a2d2c.ops.dcnv3_core``, one registered op) is
+counted as InternImage's own FLOPs script counts it: ``5·H·W·P·C`` MAdds per layer
+(``P`` sampling points, ``C`` channels, ``H×W`` output positions), SPEC §6.
+
 What was counted depends on the path taken: at batch size 1 an ``A2D2Conv2d`` with
 ``impl="auto"`` runs the kernel form (one plain convolution with the aggregated kernel);
 ``impl="plus"`` runs K convolutions. :func:`count_madds` reports the form of every
@@ -80,8 +84,13 @@ def dynamic_layer_summary(forms: Sequence[str]) -> str:
     return ", ".join(f"{n}x {f}" for f, n in counts.items()) or "no dynamic layers"
 
 
+_DCN_MODULES = ("DCNv3", "DCNv4")
+
+
 def _form(module: nn.Module, shape: tuple[int, ...]) -> str | None:
     name = type(module).__name__
+    if name in _DCN_MODULES:  # its sampling is counted as 5·H·W·P·C (a2d2c.ops.dcn)
+        return f"{name} P={module.num_points}"
     resolve = getattr(module, "resolve_impl", None)
     if callable(resolve):
         return f"{name} impl={resolve(shape)}"
@@ -121,7 +130,7 @@ def count_madds(
     hooks = []
     for m in model.modules():
         if hasattr(m, "resolve_impl") or (hasattr(m, "num_kernels") and "Conv" in
-                                          type(m).__name__):
+                                          type(m).__name__) or type(m).__name__ in _DCN_MODULES:
             hooks.append(m.register_forward_pre_hook(
                 lambda mod, args: forms.append(_form(mod, tuple(args[0].shape)) or "")))
     mapping = {op: _elementwise_fma_flop for op in _AGGREGATION_OPS}

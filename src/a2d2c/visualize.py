@@ -388,7 +388,7 @@ def load_model(*, checkpoint: str | os.PathLike | None = None, model_name: str |
                 "root, or num_classes and in_chans explicitly") from None
         num_classes = info.num_classes if num_classes is None else num_classes
         in_chans = info.in_chans if in_chans is None else in_chans
-    model = build_model(cfg, num_classes, in_chans)
+    model = build_model(cfg, num_classes, in_chans, pretrained=False)
     load_model_state(model, state, source=f"checkpoint {checkpoint}",
                      expected_name=cfg.model.name)
     return model, cfg.data

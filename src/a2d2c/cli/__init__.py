@@ -12,6 +12,8 @@ import importlib
 import sys
 from collections.abc import Sequence
 
+from .errors import pop_debug_flag, run_command
+
 __all__ = ["COMMANDS", "main"]
 
 # command name -> (module, one-line help)
@@ -34,7 +36,8 @@ COMMANDS: dict[str, tuple[str, str]] = {
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
-        prog="a2d2c", description="Adaptive Attention-Driven Dynamic Convolution toolkit"
+        prog="a2d2c", description="Adaptive Attention-Driven Dynamic Convolution toolkit",
+        epilog="--debug (or A2D2C_DEBUG=1) shows the traceback of an error."
     )
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     for name, (_module, help_text) in COMMANDS.items():
@@ -44,9 +47,13 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     from ..allocator import tune_allocator
+    from ..logs import install_cli_handler
+
+    install_cli_handler()  # the library logs to "a2d2c"; the command shows it on stdout
 
     tune_allocator()  # glibc keeps freed blocks (a2d2c.allocator; A2D2C_MALLOC_TUNING=0: off)
     argv = list(sys.argv[1:] if argv is None else argv)
+    argv, debug = pop_debug_flag(argv)  # --debug / A2D2C_DEBUG=1: tracebacks (cli/errors.py)
     parser = build_parser()
     if not argv or argv[0] not in COMMANDS:
         if argv and not argv[0].startswith("-"):
@@ -55,24 +62,22 @@ def main(argv: Sequence[str] | None = None) -> int:
         parser.print_help()
         return 2
     name, rest = argv[0], argv[1:]
-    module = importlib.import_module(COMMANDS[name][0])
-    cmd_parser = argparse.ArgumentParser(prog=f"a2d2c {name}", description=COMMANDS[name][1])
-    module.add_arguments(cmd_parser)
-    if getattr(module, "ACCEPTS_OVERRIDES", False):
-        # `--section.key value` pairs the command's parser does not know become overrides
-        args, extra = cmd_parser.parse_known_args(rest)
-        args.overrides = extra
-    else:
-        args = cmd_parser.parse_args(rest)
-    from .._optional import MissingDependencyError
-    from ..resources import ConfigNotFoundError
 
-    try:
+    def run() -> int:
+        module = importlib.import_module(COMMANDS[name][0])
+        cmd_parser = argparse.ArgumentParser(prog=f"a2d2c {name}",
+                                             description=COMMANDS[name][1])
+        module.add_arguments(cmd_parser)
+        if getattr(module, "ACCEPTS_OVERRIDES", False):
+            # `--section.key value` pairs the command's parser does not know become overrides
+            args, extra = cmd_parser.parse_known_args(rest)
+            args.overrides = extra
+        else:
+            args = cmd_parser.parse_args(rest)
         return int(module.main(args) or 0)
-    except (MissingDependencyError, ConfigNotFoundError) as e:
-        # one line naming what to install / which recipe names exist, not a traceback
-        print(f"a2d2c {name}: error: {e}", file=sys.stderr)
-        return 2
+
+    # one error path: anticipated errors are one line and exit 2, run-time failures exit 1
+    return run_command(name, run, debug)
 
 
 if __name__ == "__main__":

@@ -45,7 +45,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def main(args: argparse.Namespace) -> int:
     if args.threads is not None:
         if args.threads < 1:
-            raise SystemExit(f"a2d2c bench: --threads must be >= 1, got {args.threads}")
+            raise ValueError(f"--threads must be >= 1, got {args.threads}")
         torch.set_num_threads(args.threads)
     if args.preset == "grid":
         try:
@@ -58,14 +58,12 @@ def main(args: argparse.Namespace) -> int:
     if args.cases:
         unknown = sorted(set(args.cases) - {c.name for c in cases})
         if unknown:
-            raise SystemExit(f"a2d2c bench: unknown case(s) {unknown} in preset "
+            raise ValueError(f"unknown case(s) {unknown} in preset "
                              f"{args.preset!r}; choose from {[c.name for c in cases]}")
         cases = [c for c in cases if c.name in args.cases]
-    try:
-        run_benchmark(cases, device=args.device, dtype=args.dtype,
-                      channels_last=args.channels_last, repeats=args.repeats,
-                      warmup=args.warmup, variants=args.variants, out_dir=args.out or None,
-                      preset=args.preset)
-    except ValueError as err:
-        raise SystemExit(f"a2d2c bench: {err}") from None
+    # errors (ValueError) go to the CLI's one error path: one line, exit 2
+    run_benchmark(cases, device=args.device, dtype=args.dtype,
+                  channels_last=args.channels_last, repeats=args.repeats,
+                  warmup=args.warmup, variants=args.variants, out_dir=args.out or None,
+                  preset=args.preset)
     return 0

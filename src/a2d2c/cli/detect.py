@@ -1,6 +1,6 @@
 """``a2d2c detect``: Mask R-CNN + FPN on COCO-format data (train, eval, profile, make-shapes).
 
-    a2d2c detect train --config detection/maskrcnn_r50_a2d2c_plus_fpn_1x
+    a2d2c detect train --config detection/maskrcnn_r50_a2d2c_plus_fpn_1x --train.lr 0.01
     torchrun --nproc_per_node 8 -m a2d2c detect train --config ...   # DDP
     a2d2c detect eval --checkpoint runs/detection/x/checkpoint.pth
     a2d2c detect profile --config detection/maskrcnn_r50_fpn_1x
@@ -14,11 +14,17 @@ import json
 
 __all__ = ["add_arguments", "main"]
 
+#: `--section.key value` options the parser does not know become config overrides, as in
+#: `a2d2c train` (one syntax for every command); the dispatcher puts them in args.overrides
+ACCEPTS_OVERRIDES = True
+_WITH_OVERRIDES = ("train", "profile")
+
 
 def _add_overrides(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
-                   help="override a config entry, e.g. --set train.lr=0.01 (repeatable; "
-                        "values are YAML)")
+    p.epilog = ("Any config key can be overridden as --section.key value, e.g. --train.lr "
+                "0.01 --data.root data/coco (values are YAML).")
+    p.add_argument("--set", dest="set_overrides", action="append", default=[],
+                   metavar="KEY=VALUE", help=argparse.SUPPRESS)  # deprecated: --section.key
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -64,14 +70,19 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     p.add_argument("--seed", type=int, default=0)
 
 
+def _overrides(args: argparse.Namespace) -> list[str]:
+    """The ``--section.key value`` tokens, then the deprecated ``--set key=value`` ones."""
+    return [*getattr(args, "overrides", []), *(f"--{kv}" for kv in args.set_overrides)]
+
+
 def _train(args: argparse.Namespace) -> int:
     from ..detection import load_config, run_train
 
-    overrides = list(args.overrides)
+    overrides = _overrides(args)
     for key, value in (("data.root", args.data_root), ("output_dir", args.output_dir),
                        ("model.pretrained", args.pretrained), ("device", args.device)):
         if value is not None:
-            overrides.append(f"{key}={json.dumps(value)}")
+            overrides.append(f"--{key}={json.dumps(value)}")
     config = load_config(args.config, overrides)
     run_train(config, resume=args.resume)
     return 0
@@ -97,9 +108,9 @@ def _profile(args: argparse.Namespace) -> int:
     from ..detection import build_detector, load_config
     from ..detection.profile import count_detector
 
-    overrides = list(args.overrides)
+    overrides = _overrides(args)
     if args.backbone:
-        overrides.append(f"model.backbone={args.backbone}")
+        overrides.append(f"--model.backbone={args.backbone}")
     config = load_config(args.config, overrides)
     model = build_detector(config, num_classes=args.num_classes, load_pretrained=False)
     cost = count_detector(model, image_size=tuple(args.size))
@@ -117,5 +128,18 @@ def _make_shapes(args: argparse.Namespace) -> int:
 
 
 def main(args: argparse.Namespace) -> int:
+    import sys
+
+    from ..engine.config import ConfigError
+
     actions = {"train": _train, "eval": _eval, "profile": _profile, "make-shapes": _make_shapes}
-    return actions[args.action](args)
+    extra = getattr(args, "overrides", [])
+    if extra and args.action not in _WITH_OVERRIDES:
+        print(f"a2d2c detect {args.action}: error: unrecognized arguments: {' '.join(extra)}",
+              file=sys.stderr)
+        return 2
+    try:
+        return actions[args.action](args)
+    except ConfigError as e:  # a bad recipe name, key or value: one line, not a traceback
+        print(f"a2d2c detect: error: {e}", file=sys.stderr)
+        return 2

@@ -7,7 +7,6 @@
 from __future__ import annotations
 
 import argparse
-import sys
 
 ACCEPTS_OVERRIDES = True
 
@@ -21,19 +20,22 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def main(args: argparse.Namespace) -> int:
-    from ..data import DatasetNotFoundError
-    from ..engine import CheckpointError, ConfigError, evaluate_checkpoint
+    # errors: the CLI's one error path (a2d2c.cli.errors), one line and exit 2
+    from ..engine import evaluate_checkpoint
     from ..engine.config import parse_overrides
 
-    try:
-        overrides = parse_overrides(getattr(args, "overrides", []) or [])
-        m = evaluate_checkpoint(args.checkpoint, overrides)
-    except (ConfigError, CheckpointError, DatasetNotFoundError) as e:
-        print(f"a2d2c eval: error: {e}", file=sys.stderr)
-        return 2 if isinstance(e, ConfigError) else 1
+    overrides = parse_overrides(getattr(args, "overrides", []) or [])
+    m = evaluate_checkpoint(args.checkpoint, overrides)
     line = (f"{m['model_name']} on {m['dataset']} (val/test split, {m['samples']} images): "
             f"top-1 {m['top1']:.2f}%, top-5 {m['top5']:.2f}%, loss {m['loss']:.4f}")
     if m.get("recorded_top1") is not None:
         line += f" (recorded at training time: top-1 {m['recorded_top1']:.2f}%)"
     print(line)
+    if "ema" in m:
+        e = m["ema"]
+        line = (f"EMA weights: top-1 {e['top1']:.2f}%, top-5 {e['top5']:.2f}%, loss "
+                f"{e['loss']:.4f}")
+        if m.get("recorded_ema_top1") is not None:
+            line += f" (recorded at training time: top-1 {m['recorded_ema_top1']:.2f}%)"
+        print(line)
     return 0

@@ -69,7 +69,7 @@ def _fmt_count(n: float, unit: str) -> str:
 
 def main(args: argparse.Namespace) -> int:
     if args.paper:
-        from ..paper_table import paper_rows, render_markdown, render_text
+        from ..paper.table import paper_rows, render_markdown, render_text
 
         rows = paper_rows(tables=args.tables, madds=not args.no_madds, progress=sys.stderr)
         print(render_text(rows))
@@ -79,7 +79,7 @@ def main(args: argparse.Namespace) -> int:
             print(f"wrote {args.markdown}")
         return 0
     if not args.model:
-        print("a2d2c profile: give a MODEL name or --paper", file=sys.stderr)
+        print("a2d2c profile: error: give a MODEL name or --paper", file=sys.stderr)
         return 2
 
     if args.detector:
@@ -94,10 +94,17 @@ def main(args: argparse.Namespace) -> int:
     try:
         model = a2d2c.create_model(args.model, num_classes=args.num_classes or 1000, **overrides)
     except (ValueError, TypeError) as exc:
-        print(f"a2d2c profile: {exc}", file=sys.stderr)
+        print(f"a2d2c profile: error: {exc}", file=sys.stderr)
         return 2
     input_size = args.input_size or ((3, 32, 32) if args.stem == "cifar" else (3, 224, 224))
-    report = count_madds(model, input_size, batch_size=args.batch_size)
+    if min(input_size) < 1 or args.batch_size < 1:
+        raise ValueError(f"--input-size and --batch-size must be >= 1, got {tuple(input_size)} "
+                         f"and {args.batch_size}")
+    try:
+        report = count_madds(model, input_size, batch_size=args.batch_size)
+    except RuntimeError as exc:  # e.g. an input smaller than a kernel: the user's shape
+        raise ValueError(f"{args.model} cannot run on an input of size {tuple(input_size)}: "
+                         f"{str(exc).strip().splitlines()[0]}") from None
     n = count_params(model)
     info = getattr(model, "model_args", {})
     print(f"model:   {args.model} " + " ".join(f"{k}={v}" for k, v in info.items()
@@ -120,7 +127,7 @@ def _profile_detector(args: argparse.Namespace) -> int:
     from a2d2c.detection.profile import count_detector
 
     if args.conv is not None or args.stem is not None:
-        print("a2d2c profile: --detector takes a registry backbone name; --conv and --stem "
+        print("a2d2c profile: error: --detector takes a registry backbone name; --conv and --stem "
               "do not apply", file=sys.stderr)
         return 2
     overrides = dict(num_kernels=args.num_kernels, width_mult=args.width_mult,
@@ -130,7 +137,7 @@ def _profile_detector(args: argparse.Namespace) -> int:
         model = create_maskrcnn(args.model, num_classes=args.num_classes or 81,
                                 placement=args.placement or "auto", **overrides)
     except (ValueError, TypeError) as exc:
-        print(f"a2d2c profile: {exc}", file=sys.stderr)
+        print(f"a2d2c profile: error: {exc}", file=sys.stderr)
         return 2
     _c, h, w = args.input_size or (3, 800, 1280)
     cost = count_detector(model, image_size=(h, w))

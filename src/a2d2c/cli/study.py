@@ -6,6 +6,9 @@ import argparse
 import sys
 from pathlib import Path
 
+#: `--section.key value` options become overrides of every run (as in `a2d2c train`)
+ACCEPTS_OVERRIDES = True
+
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("name", nargs="?", help="a shipped study (see --list) or a study "
@@ -21,7 +24,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--note", default="",
                         help="a sentence printed under the table (machine, load, caveats)")
     parser.add_argument("--set", nargs="+", default=[], metavar="KEY=VALUE",
-                        help="overrides for every run, e.g. --set train.device=cuda")
+                        help=argparse.SUPPRESS)  # deprecated spelling of --section.key value
+    parser.epilog = ("Any config key can be overridden for every run as --section.key value, "
+                     "e.g. --train.device cuda --data.workers 4.")
 
 
 def main(args: argparse.Namespace) -> int:
@@ -44,13 +49,18 @@ def main(args: argparse.Namespace) -> int:
                   file=sys.stderr)
         return 0 if args.list else 2
     spec = load_study(args.name)
-    extra = [f"--{kv}" for kv in args.set]
+    from ..engine.config import parse_overrides
+    from ..study.runner import overrides_to_args
+
+    # one override syntax: --section.key value (the old --set key=value still works)
+    tokens = [*getattr(args, "overrides", []), *(f"--{kv}" for kv in args.set)]
+    extra = overrides_to_args(parse_overrides(tokens))
     if not args.report_only:
         run_study(spec, runs_root=args.runs, results_dir=args.results, only=args.only,
                   seeds=args.seeds, extra=extra)
     records = collect_records(spec, args.results)
     # The command that (re)produces the study: report options are not part of it.
-    command = f"a2d2c study {args.name}" + "".join(f" --set {kv}" for kv in args.set)
+    command = f"a2d2c study {args.name}" + "".join(f" {a}" for a in extra)
     if Path(args.results) != Path("results"):  # where the records are is part of it
         command += f" --results {args.results}"
     md, png = write_report(spec, records, args.results, command, args.note)

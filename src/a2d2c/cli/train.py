@@ -11,7 +11,6 @@
 from __future__ import annotations
 
 import argparse
-import sys
 
 ACCEPTS_OVERRIDES = True
 DEFAULT_RECIPE = "fashion_mnist_default"
@@ -35,6 +34,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                              "--resume)")
     parser.add_argument("--resume", default=None, metavar="CKPT",
                         help="continue from a checkpoint (e.g. runs/x/last.pt)")
+    parser.add_argument("--resume-allow-changed", action="store_true",
+                        help="with --resume: continue although model options were changed "
+                             "(by default a changed model option is an error)")
     parser.add_argument("--print-config", action="store_true",
                         help="print the resolved config and exit (reads no data)")
     parser.epilog = ("Any config key can be overridden as --section.key value, e.g. "
@@ -43,11 +45,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def build_config(args: argparse.Namespace):
     from ..engine import config_from_dict, config_to_dict, load_checkpoint, load_config
+    from ..engine.checkpoint import RESUME_KEYS
     from ..engine.config import _merge, parse_overrides, validate_config
 
     overrides = parse_overrides(getattr(args, "overrides", []) or [])
     if args.resume and not args.config:
-        base = config_to_dict(config_from_dict(load_checkpoint(args.resume)["config"]))
+        stored = load_checkpoint(args.resume, require=RESUME_KEYS)["config"]
+        base = config_to_dict(config_from_dict(stored))
         cfg = config_from_dict(_merge(base, overrides))
         validate_config(cfg)
         return cfg
@@ -55,34 +59,21 @@ def build_config(args: argparse.Namespace):
 
 
 def main(args: argparse.Namespace) -> int:
-    from ..data import DatasetNotFoundError
-    from ..engine import (
-        CheckpointError,
-        ConfigError,
-        NonFiniteLossError,
-        StopRequest,
-        fit,
-        handle_signals,
-    )
+    # Errors propagate to the CLI's one error path (a2d2c.cli.errors): one line, exit 2
+    # for config/data/checkpoint/filesystem errors, 1 for run-time failures.
+    from ..engine import StopRequest, fit, handle_signals
     from ..engine.config import config_to_dict
 
-    try:
-        cfg = build_config(args)
-    except (ConfigError, CheckpointError) as e:
-        print(f"a2d2c train: error: {e}", file=sys.stderr)
-        return 2
+    cfg = build_config(args)
     if args.print_config:
         import yaml
 
         print(yaml.safe_dump(config_to_dict(cfg), sort_keys=False), end="")
         return 0
     stop = StopRequest()
-    try:
-        with handle_signals(stop):
-            result = fit(cfg, resume=args.resume, stop=stop)
-    except (ConfigError, CheckpointError, DatasetNotFoundError, NonFiniteLossError) as e:
-        print(f"a2d2c train: error: {e}", file=sys.stderr)
-        return 1 if not isinstance(e, ConfigError) else 2
+    with handle_signals(stop):
+        result = fit(cfg, resume=args.resume, stop=stop,
+                     allow_changed_model=getattr(args, "resume_allow_changed", False))
     if result.status == "interrupted":
         return 128 + int(result.signum or 15)
     m = result.final_metrics

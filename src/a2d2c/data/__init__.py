@@ -131,6 +131,10 @@ def build_dataset(name: str, split: str, cfg: DataConfig) -> Dataset:
     """
     spec = get_dataset_spec(name)
     raw, transform = spec.build(split, cfg)
+    if _check_split(split) and getattr(cfg, "augment", True):
+        from .augment import extend_train_transform  # auto-augment, random erasing
+
+        transform = extend_train_transform(transform, cfg)
     limit = cfg.train_samples if _check_split(split) else cfg.val_samples
     if limit is not None and limit < len(raw) and name != "synthetic":
         g = torch.Generator().manual_seed(cfg.subset_seed)

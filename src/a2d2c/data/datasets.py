@@ -12,6 +12,7 @@ from __future__ import annotations
 import gzip
 import os
 import pickle
+import zlib
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -71,9 +72,45 @@ class TensorImageDataset(Dataset):
 
 
 # --------------------------------------------------------------------------- CIFAR-100
+# The only globals CIFAR's pickles reference: a NumPy array (the ``data`` entry) is
+# rebuilt from ``_reconstruct``, ``ndarray`` and ``dtype``; everything else is plain
+# dicts, lists, strings and ints. Any other global (``os.system``, ``builtins.eval``, ...)
+# would run code while unpickling, so a file that names one is refused.
+_CIFAR_GLOBALS = frozenset({
+    ("numpy.core.multiarray", "_reconstruct"), ("numpy._core.multiarray", "_reconstruct"),
+    ("numpy", "ndarray"), ("numpy", "dtype"),
+})
+
+
+class _CifarUnpickler(pickle.Unpickler):
+    """``pickle.Unpickler`` that resolves only :data:`_CIFAR_GLOBALS`."""
+
+    def find_class(self, module: str, name: str) -> Any:
+        if (module, name) in _CIFAR_GLOBALS:
+            return super().find_class(module, name)
+        raise pickle.UnpicklingError(f"refused global {module}.{name} (CIFAR's files hold "
+                                     "only NumPy arrays, lists, strings and numbers)")
+
+
 def _unpickle(path: Path) -> dict[str, Any]:
-    with open(path, "rb") as f:
-        return pickle.load(f, encoding="latin1")
+    """A CIFAR data file, read with a restricted unpickler (no code can run)."""
+    try:
+        with open(path, "rb") as f:
+            obj = _CifarUnpickler(f, encoding="latin1").load()
+    except Exception as e:  # truncated, crafted or not a pickle at all
+        raise ValueError(f"{path} is not a readable CIFAR-100 file ({type(e).__name__}: "
+                         f"{str(e).strip()[:200]}); download and extract it again") from None
+    if not isinstance(obj, dict):
+        raise ValueError(f"{path} is not a CIFAR-100 file (holds a {type(obj).__name__}, "
+                         "not a dict); download and extract it again")
+    return obj
+
+
+def _entry(obj: dict[str, Any], key: str, path: Path) -> Any:
+    if key not in obj:
+        raise ValueError(f"{path} is not a CIFAR-100 file (no {key!r} entry); download and "
+                         "extract it again")
+    return obj[key]
 
 
 class CIFAR100(TensorImageDataset):
@@ -101,12 +138,18 @@ class CIFAR100(TensorImageDataset):
                 f"into {Path(root)}, or set data.download: true when online."
             )
         entry = _unpickle(split_file)
-        data = np.asarray(entry["data"], dtype=np.uint8).reshape(-1, 3, 32, 32)
-        targets = torch.as_tensor(entry["fine_labels"], dtype=torch.long)
+        try:
+            data = np.asarray(_entry(entry, "data", split_file), dtype=np.uint8)
+            data = data.reshape(-1, 3, 32, 32)
+            targets = torch.as_tensor(_entry(entry, "fine_labels", split_file),
+                                      dtype=torch.long)
+        except (TypeError, ValueError, RuntimeError) as e:
+            raise ValueError(f"{split_file} is not a CIFAR-100 file ({e}); download and "
+                             "extract it again") from None
         classes = None
         meta = folder / "meta"
         if meta.is_file():
-            classes = list(_unpickle(meta)["fine_label_names"])
+            classes = list(_entry(_unpickle(meta), "fine_label_names", meta))
         super().__init__(torch.from_numpy(data.copy()), targets, 100, classes)
 
 
@@ -121,8 +164,12 @@ FASHION_MNIST_CLASSES = ["T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", 
 
 def _read_idx(path: Path) -> np.ndarray:
     opener = gzip.open if path.suffix == ".gz" else open
-    with opener(path, "rb") as f:
-        raw = f.read()
+    try:
+        with opener(path, "rb") as f:
+            raw = f.read()
+    except (OSError, EOFError, zlib.error) as e:  # a truncated or damaged .gz
+        raise ValueError(f"{path} is corrupt ({type(e).__name__}: {e}); download it "
+                         "again") from None
     if len(raw) < 4 or raw[0] != 0 or raw[1] != 0 or raw[2] != 0x08:
         raise ValueError(f"{path} is not an unsigned-byte IDX file")
     ndim = raw[3]

@@ -7,7 +7,10 @@ index)``: no transform here touches the global RNG (which the model uses for A²
 point sampling), and it does not matter which worker process loads a sample.
 
 Transforms are callables ``t(img, generator) -> img`` on PIL images or ``(C, H, W)``
-tensors; deterministic ones ignore the generator.
+tensors; deterministic ones ignore the generator. The geometric and photometric ones are
+``torchvision.transforms.v2`` transforms run under :class:`Seeded` (a forked global RNG
+seeded from the sample's generator); only :class:`Compose` and :class:`ToTensor` (PIL
+→ RGB float, uint8 tensors scaled to [0, 1]) are written here.
 """
 
 from __future__ import annotations
@@ -18,6 +21,7 @@ from typing import Any
 import torch
 import torchvision.transforms.functional as TF
 from torch import Tensor
+from torchvision.transforms import v2
 
 __all__ = [
     "CenterCrop",
@@ -26,18 +30,11 @@ __all__ = [
     "RandomCrop",
     "RandomHorizontalFlip",
     "Resize",
+    "Seeded",
     "ToTensor",
 ]
 
 Image = Any  # PIL.Image.Image or Tensor
-
-
-def _size(img: Image) -> tuple[int, int]:
-    """(height, width) of a PIL image or a ``(..., H, W)`` tensor."""
-    if isinstance(img, Tensor):
-        return int(img.shape[-2]), int(img.shape[-1])
-    w, h = img.size
-    return h, w
 
 
 class Compose:
@@ -53,62 +50,59 @@ class Compose:
         return "Compose(" + ", ".join(map(repr, self.transforms)) + ")"
 
 
-class Resize:
-    """Resize the shorter side to ``size`` (``square=False``) or to ``size × size``."""
+class Seeded:
+    """A ``torchvision.transforms.v2`` transform made a pure function of a generator.
 
-    def __init__(self, size: int, square: bool = False) -> None:
-        self.size, self.square = int(size), bool(square)
+    v2 transforms draw from the global torch RNG. Here each call draws one seed from the
+    sample's ``generator``, runs the transform under ``torch.random.fork_rng`` seeded
+    with it, and restores the global RNG afterwards: the result depends only on the
+    generator (i.e. on ``(seed, epoch, index)``), and the model's random stream (A²D²C's
+    point sampling) is untouched, whichever worker process runs it.
+    """
 
-    def __call__(self, img: Image, generator: torch.Generator) -> Image:
-        size = [self.size, self.size] if self.square else [self.size]
-        return TF.resize(img, size, antialias=True)
-
-    def __repr__(self) -> str:
-        return f"Resize({self.size}, square={self.square})"
-
-
-class CenterCrop:
-    def __init__(self, size: int) -> None:
-        self.size = int(size)
+    def __init__(self, transform: Callable[[Image], Image]) -> None:
+        self.transform = transform
 
     def __call__(self, img: Image, generator: torch.Generator) -> Image:
-        return TF.center_crop(img, [self.size, self.size])
+        seed = int(torch.randint(0, 2**62, (), generator=generator))
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(seed)
+            return self.transform(img)
 
     def __repr__(self) -> str:
-        return f"CenterCrop({self.size})"
+        return repr(self.transform)
 
 
-class RandomCrop:
+class _Fixed:
+    """A deterministic v2 transform in the ``t(img, generator)`` interface."""
+
+    def __init__(self, transform: Callable[[Image], Image]) -> None:
+        self.transform = transform
+
+    def __call__(self, img: Image, generator: torch.Generator) -> Image:
+        return self.transform(img)
+
+    def __repr__(self) -> str:
+        return repr(self.transform)
+
+
+def Resize(size: int, square: bool = False) -> _Fixed:
+    """Resize the shorter side to ``size`` (``square=False``) or to ``size × size``
+    (``v2.Resize``, antialiased)."""
+    return _Fixed(v2.Resize([int(size)] * 2 if square else int(size), antialias=True))
+
+
+def CenterCrop(size: int) -> _Fixed:
+    return _Fixed(v2.CenterCrop(int(size)))
+
+
+def RandomCrop(size: int, padding: int = 0) -> Seeded:
     """A ``size × size`` crop at a uniformly drawn offset, after zero ``padding``."""
-
-    def __init__(self, size: int, padding: int = 0) -> None:
-        self.size, self.padding = int(size), int(padding)
-
-    def __call__(self, img: Image, generator: torch.Generator) -> Image:
-        if self.padding:
-            img = TF.pad(img, [self.padding])
-        h, w = _size(img)
-        if h < self.size or w < self.size:
-            raise ValueError(f"RandomCrop({self.size}): image of size {h}x{w} is smaller")
-        top = int(torch.randint(0, h - self.size + 1, (1,), generator=generator))
-        left = int(torch.randint(0, w - self.size + 1, (1,), generator=generator))
-        return TF.crop(img, top, left, self.size, self.size)
-
-    def __repr__(self) -> str:
-        return f"RandomCrop({self.size}, padding={self.padding})"
+    return Seeded(v2.RandomCrop(int(size), padding=int(padding) or None))
 
 
-class RandomHorizontalFlip:
-    def __init__(self, p: float = 0.5) -> None:
-        self.p = float(p)
-
-    def __call__(self, img: Image, generator: torch.Generator) -> Image:
-        if float(torch.rand((), generator=generator)) < self.p:
-            return TF.hflip(img)
-        return img
-
-    def __repr__(self) -> str:
-        return f"RandomHorizontalFlip(p={self.p})"
+def RandomHorizontalFlip(p: float = 0.5) -> Seeded:
+    return Seeded(v2.RandomHorizontalFlip(float(p)))
 
 
 class ToTensor:
@@ -123,13 +117,11 @@ class ToTensor:
         return "ToTensor()"
 
 
-class Normalize:
+class Normalize(_Fixed):
+    """``v2.Normalize``; ``mean``/``std`` are kept as ``(C, 1, 1)`` tensors for callers that
+    undo the normalisation (visualisation)."""
+
     def __init__(self, mean: Sequence[float], std: Sequence[float]) -> None:
+        super().__init__(v2.Normalize(list(mean), list(std)))
         self.mean = torch.tensor(mean).view(-1, 1, 1)
         self.std = torch.tensor(std).view(-1, 1, 1)
-
-    def __call__(self, img: Tensor, generator: torch.Generator) -> Tensor:
-        return (img - self.mean) / self.std
-
-    def __repr__(self) -> str:
-        return f"Normalize(mean={self.mean.flatten().tolist()}, std={self.std.flatten().tolist()})"

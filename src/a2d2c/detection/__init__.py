@@ -18,7 +18,7 @@ from .coco_eval import STAT_NAMES, coco_evaluate, format_stats, to_coco_results
 from .config import DetectionConfig, load_config
 from .data import CocoInstances, GroupedBatchSampler
 from .engine import (
-    StepWarmupLR,
+    build_detection_schedule,
     build_detector,
     evaluate,
     load_detector_checkpoint,
@@ -36,8 +36,8 @@ __all__ = [
     "CocoInstances",
     "DetectionConfig",
     "GroupedBatchSampler",
-    "StepWarmupLR",
     "backbone_with_fpn",
+    "build_detection_schedule",
     "build_detector",
     "coco_evaluate",
     "create_backbone_body",

@@ -19,7 +19,6 @@ default for their names).
 
 from __future__ import annotations
 
-from collections import OrderedDict
 from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
@@ -230,38 +229,15 @@ _PREFIXES = ("module.", "_orig_mod.")
 
 
 def _read_checkpoint(path: str | Path) -> tuple[dict[str, Tensor], dict[str, Any]]:
-    """``(state_dict, metadata)`` of a checkpoint file (metadata: the non-weight entries)."""
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"checkpoint {str(path)!r} does not exist")
-    meta: dict[str, Any] = {}
-    if path.suffix == ".safetensors":
-        from safetensors import safe_open
-        from safetensors.torch import load_file
+    """``(state_dict, metadata)`` of a checkpoint file (``engine.checkpoint.read_weights``)."""
+    from ..engine.checkpoint import CheckpointError, read_weights
 
-        obj: Any = load_file(str(path), device="cpu")
-        with safe_open(str(path), framework="pt") as f:
-            meta = dict(f.metadata() or {})
-    else:
-        obj = torch.load(path, map_location="cpu", weights_only=True)
-    if isinstance(obj, Mapping):
-        for key in ("model", "state_dict"):
-            if key in obj and isinstance(obj[key], Mapping):
-                meta = {k: v for k, v in obj.items() if k != key}
-                obj = obj[key]
-                break
-    if not isinstance(obj, Mapping) or not all(isinstance(v, Tensor) for v in obj.values()):
-        raise ValueError(
-            f"checkpoint {str(path)!r} holds neither a state_dict nor a dict with a 'model' "
-            "state_dict"
-        )
-    state: dict[str, Tensor] = OrderedDict()
-    for key, value in obj.items():
-        for prefix in _PREFIXES:
-            while key.startswith(prefix):
-                key = key[len(prefix):]
-        state[key] = value
-    return state, meta
+    if not Path(path).is_file():
+        raise FileNotFoundError(f"checkpoint {str(path)!r} does not exist")
+    try:
+        return read_weights(path)
+    except CheckpointError as e:
+        raise ValueError(str(e)) from None
 
 
 def read_state_dict(path: str | Path) -> dict[str, Tensor]:
@@ -307,6 +283,8 @@ def load_classification_checkpoint(
             f"checkpoint {str(path)!r} holds weights of model {name!r}, but the detector's "
             f"backbone is {model_name!r}; use a classification checkpoint of {model_name!r}"
         )
+    from ..engine.checkpoint import compare_state
+
     own = body.state_dict()
     cls_prefix = classifier + "."
     ignored = [k for k in state if k.startswith(cls_prefix)]
@@ -314,11 +292,10 @@ def load_classification_checkpoint(
     expected = {k: v for k, v in own.items() if not k.startswith(cls_prefix)}
     state = {k: v for k, v in state.items()
              if not (k.endswith("num_batches_tracked") and k not in expected)}
-    missing = [k for k in expected if k not in state]
-    unexpected = [k for k in state if k not in expected]
-    mismatched = [f"{k}: checkpoint {tuple(state[k].shape)} vs model {tuple(v.shape)}"
-                  for k, v in expected.items() if k in state and state[k].shape != v.shape]
-    if missing or unexpected or mismatched:
+    diff = compare_state(expected, state)
+    missing, unexpected = diff.missing, diff.unexpected
+    mismatched = [f"{k}: checkpoint {theirs} vs model {mine}" for k, theirs, mine in diff.shapes]
+    if not diff.ok:
         parts = []
         if mismatched:
             parts.append(f"{len(mismatched)} shape mismatches ({_examples(mismatched)})")

@@ -176,39 +176,27 @@ def _from_dict(raw: dict[str, Any]) -> DetectionConfig:
     return _build(DetectionConfig, {**top, **sections}, "the top level").validate()
 
 
-def _set(raw: dict[str, Any], dotted: str, value: Any) -> None:
-    keys = dotted.split(".")
-    node = raw
-    for key in keys[:-1]:
-        node = node.setdefault(key, {})
-        if not isinstance(node, dict):
-            raise ValueError(f"cannot set {dotted!r}: {key!r} is not a section")
-    node[keys[-1]] = value
-
-
 def load_config(path: str | Path | None = None, overrides: list[str] | None = None,
                 base: dict[str, Any] | None = None) -> DetectionConfig:
     """Read a YAML recipe (or start from ``base`` / the defaults) and apply overrides.
 
-    ``overrides`` are ``"section.key=value"`` strings; values are parsed as YAML
-    (``train.lr=0.01``, ``model.pretrained=null``, ``train.lr_steps=[8,11]``).
+    The classification engine's loader and override syntax (``a2d2c.engine.config``):
+    a recipe may ``_base_``-include others; ``overrides`` are ``--section.key value`` /
+    ``--section.key=value`` tokens, values parsed as YAML (``--train.lr 0.01``,
+    ``--model.pretrained null``, ``--train.lr_steps [8,11]``). The older
+    ``"section.key=value"`` strings are still accepted.
     """
+    from ..engine.config import _merge, load_yaml_recipe, parse_overrides, resolve_recipe
+
     raw: dict[str, Any] = dict(base or {})
     if path is not None:
-        from ..resources import resolve_config
-
-        path = resolve_config(path)  # a file, or a shipped recipe (detection/maskrcnn_...)
-        loaded = yaml.safe_load(Path(path).read_text()) or {}
-        if not isinstance(loaded, dict):
-            raise ValueError(f"config {str(path)!r} must hold a mapping")
-        raw = loaded
-    raw = {k: (dict(v) if isinstance(v, dict) else v) for k, v in raw.items()}
-    for item in overrides or []:
-        key, sep, text = item.partition("=")
-        if not sep or not key:
-            raise ValueError(f"override {item!r} must look like section.key=value")
-        _set(raw, key.strip(), yaml.safe_load(text))
-    return _from_dict(raw)
+        # a file, or a shipped recipe (detection/maskrcnn_...)
+        raw = load_yaml_recipe(resolve_recipe(path))
+    tokens = [t if t.startswith("--") or "=" not in t else f"--{t}" for t in overrides or []]
+    for t in tokens:
+        if t.startswith("--") and t[2:].split("=", 1)[0].strip() == "":
+            raise ValueError(f"override {t!r} must look like --section.key value")
+    return _from_dict(_merge(raw, parse_overrides(tokens)))
 
 
 def save_config(config: DetectionConfig, path: str | Path) -> None:

@@ -10,6 +10,7 @@ a single process never touches ``torch.distributed``.
 from __future__ import annotations
 
 import json
+import logging
 import math
 import random
 import time
@@ -22,6 +23,7 @@ import numpy as np
 import torch
 import torch.distributed as dist
 from torch import nn
+from torch.optim.lr_scheduler import LRScheduler
 from torch.utils.data import BatchSampler, DataLoader, DistributedSampler, Subset
 
 from ..engine.checkpoint import FORMAT, load_checkpoint, save_checkpoint, unwrap_model
@@ -32,15 +34,15 @@ from ..engine.distributed import (
     init_distributed,
     is_distributed,
 )
+from ..engine.schedule import build_lr_scheduler
 from ..temperature import TemperatureScheduler, get_temperature, set_temperature
-from .backbone import read_state_dict
 from .coco_eval import IOU_TYPES, coco_evaluate, format_stats, to_coco_results
 from .config import DetectionConfig, load_config, save_config
 from .data import CocoInstances, GroupedBatchSampler, collate
 from .model import create_maskrcnn
 
 __all__ = [
-    "StepWarmupLR",
+    "build_detection_schedule",
     "build_detector",
     "evaluate",
     "load_detector_checkpoint",
@@ -70,57 +72,23 @@ def _all_gather_object(obj: Any) -> list[Any]:
 
 
 def _log(msg: str) -> None:
-    if _rank() == 0:
-        print(msg, flush=True)
+    if _rank() == 0:  # the "a2d2c" logger: quiet in a library, stdout under the CLI
+        logging.getLogger("a2d2c").info(msg)
 
 
-class StepWarmupLR:
-    """Per-iteration LR: linear warm-up, then ×``gamma`` at each epoch of ``steps``.
+def build_detection_schedule(optimizer: torch.optim.Optimizer, train: Any,
+                             steps_per_epoch: int) -> LRScheduler:
+    """mmdetection's 1x schedule with torch's schedulers, stepped per iteration.
 
-    ``lr = base · w(it) · gamma^#{s ∈ steps : epoch ≥ s}``, ``w`` rising linearly from
-    ``warmup_factor`` to 1 over ``warmup_iters`` iterations (mmdetection's 1x: 500
-    iterations from 0.001; steps [8, 11] count finished epochs, so epochs 9–11 run at
-    0.1× and epoch 12 at 0.01×).
+    ``lr = base · w(it) · gamma^#{s ∈ lr_steps : epoch ≥ s}``, ``w`` rising linearly from
+    ``warmup_factor`` to 1 over ``warmup_iters`` iterations (500 from 0.001 in the 1x
+    schedule; ``lr_steps`` [8, 11] count finished epochs: epochs 9–11 at 0.1×, 12 at 0.01×).
     """
-
-    def __init__(self, optimizer: torch.optim.Optimizer, steps: Iterable[int], *,
-                 gamma: float = 0.1, warmup_iters: int = 500,
-                 warmup_factor: float = 0.001) -> None:
-        self.optimizer = optimizer
-        self.steps = sorted(int(s) for s in steps)
-        self.gamma, self.warmup_iters, self.warmup_factor = gamma, warmup_iters, warmup_factor
-        self.base_lrs = [g["lr"] for g in optimizer.param_groups]
-        self.iteration, self.epoch = 0, 0
-        self._apply()
-
-    def factor(self) -> float:
-        warm = 1.0
-        if self.iteration < self.warmup_iters:
-            alpha = self.iteration / self.warmup_iters
-            warm = self.warmup_factor * (1 - alpha) + alpha
-        return warm * self.gamma ** sum(self.epoch >= s for s in self.steps)
-
-    def _apply(self) -> None:
-        f = self.factor()
-        for group, base in zip(self.optimizer.param_groups, self.base_lrs, strict=True):
-            group["lr"] = base * f
-
-    def set_epoch(self, epoch: int) -> None:
-        """``epoch`` = number of finished epochs (0 for the first)."""
-        self.epoch = epoch
-        self._apply()
-
-    def step(self) -> None:
-        self.iteration += 1
-        self._apply()
-
-    def state_dict(self) -> dict[str, Any]:
-        return {"iteration": self.iteration, "epoch": self.epoch, "base_lrs": self.base_lrs}
-
-    def load_state_dict(self, state: dict[str, Any]) -> None:
-        self.iteration, self.epoch = int(state["iteration"]), int(state["epoch"])
-        self.base_lrs = list(state["base_lrs"])
-        self._apply()
+    total = train.epochs * steps_per_epoch
+    return build_lr_scheduler(
+        optimizer, "step", total_steps=total, warmup_steps=min(train.warmup_iters, total),
+        warmup_factor=train.warmup_factor, gamma=train.lr_gamma,
+        milestones=[s * steps_per_epoch for s in train.lr_steps])
 
 
 def build_detector(config: DetectionConfig, *, num_classes: int,
@@ -160,7 +128,7 @@ def _autocast(device: torch.device, amp: bool):
 
 def train_one_epoch(
     model: nn.Module, optimizer: torch.optim.Optimizer, loader: Iterable, *,
-    device: torch.device, epoch: int, lr_scheduler: StepWarmupLR,
+    device: torch.device, epoch: int, lr_scheduler: LRScheduler,
     temperature: TemperatureScheduler | None = None, amp: bool = False,
     max_iters: int | None = None, clip_grad_norm: float | None = None,
     print_freq: int = 20, log: Log = _log,
@@ -255,7 +223,7 @@ def evaluate(model: nn.Module, dataset: CocoInstances, *, device: torch.device,
 # ------------------------------------------------------------------------- checkpoints
 
 def _checkpoint_state(*, model: nn.Module, optimizer: torch.optim.Optimizer,
-                      lr_scheduler: StepWarmupLR, temperature: TemperatureScheduler | None,
+                      lr_scheduler: LRScheduler, temperature: TemperatureScheduler | None,
                       epoch: int, config: DetectionConfig,
                       dataset: CocoInstances) -> dict[str, Any]:
     """The engine's checkpoint format (``a2d2c.engine.checkpoint``) plus detection fields."""
@@ -281,19 +249,20 @@ def load_detector_checkpoint(path: str | Path, *, map_location: str | torch.devi
     The architecture comes from the config saved in the checkpoint, or from ``config``
     for a plain state_dict / ``.safetensors`` file; the weights must match it exactly.
     """
+    from ..engine.checkpoint import CheckpointError, compare_state, read_weights
+
     path = Path(path)
+    try:
+        state, meta = read_weights(path)  # the one checkpoint reader (prefixes cleaned)
+    except CheckpointError as e:
+        raise ValueError(str(e)) from None
     if config is None:
-        if path.suffix == ".safetensors":
-            raise ValueError(f"{str(path)!r} carries no config; pass the detection config "
-                             "it was trained with")
-        raw = torch.load(path, map_location=map_location, weights_only=True)
-        if not (isinstance(raw, dict) and isinstance(raw.get("config"), dict)):
+        if not isinstance(meta.get("config"), dict) or path.suffix == ".safetensors":
             raise ValueError(f"checkpoint {str(path)!r} carries no config; pass the detection "
                              "config it was trained with")
-        if raw.get("task", "detection") != "detection":
-            raise ValueError(f"{str(path)!r} is a {raw['task']} checkpoint, not a detector")
-        config = load_config(base=raw["config"])
-    state = read_state_dict(path)
+        if meta.get("task", "detection") != "detection":
+            raise ValueError(f"{str(path)!r} is a {meta['task']} checkpoint, not a detector")
+        config = load_config(base=meta["config"])
     num_classes = config.model.num_classes
     if num_classes is None:
         key = "roi_heads.box_predictor.cls_score.weight"
@@ -301,16 +270,11 @@ def load_detector_checkpoint(path: str | Path, *, map_location: str | torch.devi
             raise ValueError(f"{str(path)!r} holds no Mask R-CNN weights (no {key})")
         num_classes = state[key].shape[0]
     model = build_detector(config, num_classes=num_classes, load_pretrained=False)
-    own = model.state_dict()
-    missing = [k for k in own if k not in state]
-    unexpected = [k for k in state if k not in own]
-    shapes = [k for k in own if k in state and own[k].shape != state[k].shape]
-    if missing or unexpected or shapes:
+    diff = compare_state(model, state)
+    if not diff.ok:
         raise ValueError(
             f"checkpoint {str(path)!r} does not match the detector of its config (backbone "
-            f"{config.model.backbone!r}): {len(missing)} missing {missing[:3]}, "
-            f"{len(unexpected)} unexpected {unexpected[:3]}, {len(shapes)} of other shapes "
-            f"{shapes[:3]}")
+            f"{config.model.backbone!r}): {diff.describe(3)}")
     model.load_state_dict(state)
     return model, config
 
@@ -370,12 +334,11 @@ def _train(config: DetectionConfig, ctx: DistContext, *, resume: str | None,
     params = [p for p in model.parameters() if p.requires_grad]
     lr = t.lr * t.batch_size * world / t.lr_batch_size
     optimizer = torch.optim.SGD(params, lr=lr, momentum=t.momentum, weight_decay=t.weight_decay)
-    lr_scheduler = StepWarmupLR(optimizer, t.lr_steps, gamma=t.lr_gamma,
-                                warmup_iters=t.warmup_iters, warmup_factor=t.warmup_factor)
+    lr_scheduler = build_detection_schedule(optimizer, t, steps_per_epoch)
     temperature = build_temperature(model, config, steps_per_epoch)
     start_epoch = 0
     if resume:
-        state = load_checkpoint(resume)
+        state = load_checkpoint(resume, require=("model", "optimizer", "lr_scheduler", "epoch"))
         if state.get("model_name") != f"maskrcnn_fpn:{config.model.backbone}":
             raise ValueError(f"cannot resume from {resume}: it holds {state.get('model_name')!r}, "
                              f"the config builds maskrcnn_fpn:{config.model.backbone}")
@@ -401,7 +364,6 @@ def _train(config: DetectionConfig, ctx: DistContext, *, resume: str | None,
     stats: dict[str, dict[str, float]] = {}
     for epoch in range(start_epoch, t.epochs):
         sampler.set_epoch(epoch)
-        lr_scheduler.set_epoch(epoch)
         train_one_epoch(train_model, optimizer, loader, device=device, epoch=epoch,
                         lr_scheduler=lr_scheduler, temperature=temperature, amp=t.amp,
                         max_iters=t.max_iters_per_epoch, clip_grad_norm=t.clip_grad_norm,

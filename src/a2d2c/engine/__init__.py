@@ -8,7 +8,7 @@
   (``weights_only=True``), :func:`save_safetensors`.
 """
 
-from .build import build_model, build_optimizer, list_model_names, lr_factor_fn
+from .build import build_model, build_optimizer, list_model_names
 from .checkpoint import (
     CheckpointError,
     capture_rng_state,
@@ -35,6 +35,7 @@ from .config import (
     validate_config,
 )
 from .distributed import DistContext, cleanup_distributed, init_distributed
+from .schedule import build_lr_scheduler, epoch_schedule
 from .trainer import (
     EpochResult,
     FitResult,
@@ -45,6 +46,7 @@ from .trainer import (
     evaluate_checkpoint,
     fit,
     handle_signals,
+    load_model,
     load_weights,
     train_one_epoch,
 )
@@ -64,6 +66,7 @@ __all__ = [
     "StopRequest",
     "TemperatureConfig",
     "TrainConfig",
+    "build_lr_scheduler",
     "build_model",
     "build_optimizer",
     "capture_rng_state",
@@ -71,6 +74,7 @@ __all__ = [
     "config_from_checkpoint",
     "config_from_dict",
     "config_to_dict",
+    "epoch_schedule",
     "evaluate",
     "evaluate_checkpoint",
     "fit",
@@ -79,9 +83,9 @@ __all__ = [
     "list_model_names",
     "load_checkpoint",
     "load_config",
+    "load_model",
     "load_model_state",
     "load_weights",
-    "lr_factor_fn",
     "restore_rng_state",
     "save_checkpoint",
     "save_config",

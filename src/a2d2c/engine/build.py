@@ -2,16 +2,12 @@
 
 from __future__ import annotations
 
-import bisect
-import math
-from collections.abc import Callable
-
 import torch
 from torch import nn
 
-from .config import Config, OptimConfig, ScheduleConfig
+from .config import Config, OptimConfig
 
-__all__ = ["build_model", "build_optimizer", "list_model_names", "lr_factor_fn"]
+__all__ = ["build_model", "build_optimizer", "list_model_names"]
 
 
 # --- models: always through the registry (a2d2c.create_model) ----------------------
@@ -22,49 +18,33 @@ def list_model_names() -> list[str]:
     return list_models()
 
 
-def build_model(cfg: Config, num_classes: int, in_chans: int) -> nn.Module:
-    """``create_model(cfg.model.name, num_classes=..., in_chans=..., **cfg.model.kwargs)``."""
+def build_model(cfg: Config, num_classes: int, in_chans: int, *,
+                pretrained: bool = True) -> nn.Module:
+    """``create_model(cfg.model.name, num_classes=..., in_chans=..., **cfg.model.kwargs)``,
+    initialised from ``cfg.model.pretrained`` unless ``pretrained=False`` (a resumed or
+    evaluated checkpoint brings its own weights)."""
     from ..models import create_model
+    from ..models._pretrained import PretrainedError
+    from .config import ConfigError
 
-    return create_model(cfg.model.name, num_classes=num_classes, in_chans=in_chans,
-                        **cfg.model.kwargs)
+    try:
+        return create_model(cfg.model.name, num_classes=num_classes, in_chans=in_chans,
+                            pretrained=cfg.model.pretrained if pretrained else None,
+                            **cfg.model.kwargs)
+    except PretrainedError as e:  # reported like every other config problem
+        raise ConfigError(f"model.pretrained: {e}") from None
 
 
 # --- optimisation ------------------------------------------------------------------
 def build_optimizer(model: nn.Module, cfg: OptimConfig) -> torch.optim.Optimizer:
-    params = [p for p in model.parameters() if p.requires_grad]
+    from .param_groups import param_groups  # per-kind weight decay (norms, biases, attention)
+
+    params = param_groups(model, cfg.weight_decay, norm_weight_decay=cfg.norm_weight_decay,
+                          bias_weight_decay=cfg.bias_weight_decay,
+                          attention_weight_decay=cfg.attention_weight_decay)
     if cfg.name == "sgd":
         return torch.optim.SGD(params, lr=cfg.lr, momentum=cfg.momentum,
                                weight_decay=cfg.weight_decay, nesterov=cfg.nesterov)
     if cfg.name == "adamw":
         return torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
     raise ValueError(f"optim.name={cfg.name!r}: choose sgd or adamw")
-
-
-def lr_factor_fn(cfg: ScheduleConfig, epochs: int, steps_per_epoch: int,
-                 base_lr: float) -> Callable[[int], float]:
-    """The LR multiplier as a function of the global step (a ``LambdaLR`` lambda).
-
-    * ``step``: ``gamma ** (number of milestones <= epoch)``, changing at epoch
-      boundaries (the paper's schedule: ×0.1 at fixed epochs);
-    * ``cosine``: per iteration from 1 to ``min_lr / base_lr`` after the warm-up;
-    * ``constant``.
-    A linear warm-up over ``warmup_epochs`` (per iteration, from ``warmup_factor``) is
-    applied first when set.
-    """
-    warm = cfg.warmup_epochs * steps_per_epoch
-    total = epochs * steps_per_epoch
-    milestones = sorted(cfg.milestones)
-    floor = cfg.min_lr / base_lr
-
-    def factor(step: int) -> float:
-        if step < warm:
-            return cfg.warmup_factor + (1 - cfg.warmup_factor) * step / warm
-        if cfg.name == "step":
-            return cfg.gamma ** bisect.bisect_right(milestones, step // steps_per_epoch)
-        if cfg.name == "cosine":
-            t = min((step - warm) / max(total - warm, 1), 1.0)
-            return floor + (1 - floor) * 0.5 * (1 + math.cos(math.pi * t))
-        return 1.0
-
-    return factor

@@ -22,6 +22,7 @@ import copy
 import dataclasses
 import difflib
 import itertools
+import math
 import os
 import types
 import typing
@@ -36,6 +37,7 @@ __all__ = [
     "Config",
     "ConfigError",
     "DataConfig",
+    "EmaConfig",
     "ModelConfig",
     "OptimConfig",
     "ScheduleConfig",
@@ -64,6 +66,9 @@ class ModelConfig:
     kwargs: dict[str, Any] = field(default_factory=dict)
     #: convert BatchNorm to SyncBatchNorm when training on several processes
     sync_bn: bool = False
+    #: initial weights: true (torchvision's ImageNet weights of the static architecture,
+    #: from the torch hub cache), a .pth/.pt/.safetensors file, or "timm:<name>"
+    pretrained: bool | str | None = None
 
 
 @dataclass
@@ -97,6 +102,19 @@ class DataConfig:
     #: synthetic only: number of classes and input channels
     num_classes: int | None = None
     in_chans: int | None = None
+    #: per-sample auto-augmentation (torchvision v2): randaugment | trivialaugment |
+    #: autoaugment | null
+    auto_augment: str | None = None
+    #: autoaugment's policy: imagenet | cifar10 | svhn
+    auto_augment_policy: str = "imagenet"
+    #: randaugment's number of operations and magnitude (0..30)
+    rand_augment_ops: int = 2
+    rand_augment_magnitude: int = 9
+    #: probability of v2.RandomErasing on a training image (after normalisation)
+    random_erasing: float = 0.0
+    #: Beta(α, α) of v2.MixUp / v2.CutMix on training batches (0: off; both: one per batch)
+    mixup_alpha: float = 0.0
+    cutmix_alpha: float = 0.0
 
 
 @dataclass
@@ -109,6 +127,15 @@ class OptimConfig:
     label_smoothing: float = 0.0
     #: clip the global gradient norm to this value (null: no clipping)
     clip_grad_norm: float | None = None
+    #: gradient accumulation: optimizer steps every this many batches (effective batch
+    #: data.batch_size × accum_steps; schedules count optimizer steps)
+    accum_steps: int = 1
+    #: weight decay of normalisation layers' weights and biases (null: weight_decay)
+    norm_weight_decay: float | None = None
+    #: weight decay of every other bias (null: weight_decay)
+    bias_weight_decay: float | None = None
+    #: weight decay of the dynamic layers' attention parameters (null: by the rules above)
+    attention_weight_decay: float | None = None
 
 
 @dataclass
@@ -132,6 +159,16 @@ class TemperatureConfig:
 
 
 @dataclass
+class EmaConfig:
+    #: decay of the exponential moving average of the weights (null: no EMA), e.g. 0.9998
+    decay: float | None = None
+    #: warm the decay up as min(decay, (1 + n) / (10 + n)) over the first updates n
+    warmup: bool = True
+    #: update the average every this many optimizer steps
+    every: int = 1
+
+
+@dataclass
 class TrainConfig:
     epochs: int = 100
     seed: int = 0
@@ -150,8 +187,10 @@ class TrainConfig:
     eval_every: int = 1
     #: also write a mid-epoch checkpoint every this many steps (0: only at epoch ends)
     checkpoint_every: int = 0
-    #: tqdm bars on rank 0 (only when stderr is a terminal)
+    #: tqdm bars on rank 0 when stderr is a terminal; otherwise (SLURM, nohup, CI) a
+    #: progress line every log_every steps when stdout is not a terminal
     progress: bool = True
+    log_every: int = 50
     tensorboard: bool = False
     #: CPU threads per process (0: leave torch's default)
     threads: int = 0
@@ -165,6 +204,7 @@ class Config:
     schedule: ScheduleConfig = field(default_factory=ScheduleConfig)
     temperature: TemperatureConfig = field(default_factory=TemperatureConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
+    ema: EmaConfig = field(default_factory=EmaConfig)
 
 
 # ------------------------------------------------------------------------------ YAML
@@ -181,7 +221,12 @@ def _merge(base: dict[str, Any], update: Mapping[str, Any]) -> dict[str, Any]:
 def load_yaml_recipe(path: str | os.PathLike, _seen: tuple[Path, ...] = ()) -> dict[str, Any]:
     """Read a YAML recipe, resolving ``_base_`` includes (relative to the file)."""
     path = Path(path)
-    if not path.is_file():
+    try:
+        found = path.is_file()
+    except OSError as e:  # e.g. a name too long for the file system
+        raise ConfigError(f"config file {str(path)[:200]!r} cannot be opened: "
+                          f"{e.strerror or e}") from None
+    if not found:
         raise ConfigError(f"config file not found: {path}")
     if path.resolve() in _seen:
         raise ConfigError(f"circular _base_ include: {' -> '.join(map(str, _seen))} -> {path}")
@@ -189,10 +234,15 @@ def load_yaml_recipe(path: str | os.PathLike, _seen: tuple[Path, ...] = ()) -> d
         data = yaml.safe_load(path.read_text()) or {}
     except yaml.YAMLError as e:
         raise ConfigError(f"{path} is not valid YAML: {e}") from None
+    except (OSError, UnicodeDecodeError) as e:
+        raise ConfigError(f"config file {path} cannot be read: {e}") from None
     if not isinstance(data, dict):
         raise ConfigError(f"{path} must hold a mapping at the top level, got {type(data).__name__}")
     bases = data.pop("_base_", [])
     bases = [bases] if isinstance(bases, str) else bases
+    if not isinstance(bases, list) or not all(isinstance(b, str) for b in bases):
+        raise ConfigError(f"{path}: _base_ must be a file name or a list of file names, "
+                          f"got {bases!r}")
     merged: dict[str, Any] = {}
     for b in bases:
         merged = _merge(merged, load_yaml_recipe(path.parent / b, (*_seen, path.resolve())))
@@ -283,7 +333,7 @@ def _build(cls: type, data: Mapping[str, Any], prefix: str) -> Any:
     for key, value in data.items():
         dotted = f"{prefix}{key}"
         if key not in names:
-            close = difflib.get_close_matches(key, names, n=3)
+            close = difflib.get_close_matches(str(key), names, n=3)  # YAML keys may be ints
             hint = f"; did you mean {' or '.join(prefix + c for c in close)}?" if close else ""
             raise ConfigError(f"unknown config key {dotted!r}{hint} (valid in "
                               f"{prefix[:-1] or 'the top level'}: {', '.join(names)})")
@@ -391,6 +441,7 @@ def validate_config(cfg: Config, *, check_model: bool = True) -> None:
         _fail("optim.label_smoothing", o.label_smoothing, "must be in [0, 1)")
     if o.clip_grad_norm is not None and not o.clip_grad_norm > 0:
         _fail("optim.clip_grad_norm", o.clip_grad_norm, "must be > 0 or null")
+    _validate_recipe_features(cfg)
     s, t = cfg.schedule, cfg.train
     if t.epochs < 1:
         _fail("train.epochs", t.epochs, "must be >= 1")
@@ -408,12 +459,14 @@ def validate_config(cfg: Config, *, check_model: bool = True) -> None:
     if not 0 <= s.min_lr < o.lr:
         _fail("schedule.min_lr", s.min_lr, f"must be in [0, optim.lr={o.lr})")
     tc = cfg.temperature
-    if not (tc.start > 0 and tc.end > 0):
-        _fail("temperature.start/end", (tc.start, tc.end), "must both be > 0")
-    if tc.anneal_epochs < 0:
+    if not (0 < tc.start < math.inf and 0 < tc.end < math.inf):
+        _fail("temperature.start/end", (tc.start, tc.end), "must both be finite and > 0")
+    if not 0 <= tc.anneal_epochs < math.inf:
         _fail("temperature.anneal_epochs", tc.anneal_epochs, "must be >= 0")
     if t.eval_every < 1:
         _fail("train.eval_every", t.eval_every, "must be >= 1")
+    if t.log_every < 0:
+        _fail("train.log_every", t.log_every, "must be >= 0 (0: no progress lines)")
     if t.checkpoint_every < 0:
         _fail("train.checkpoint_every", t.checkpoint_every, "must be >= 0")
     if t.threads < 0:
@@ -427,6 +480,47 @@ def validate_config(cfg: Config, *, check_model: bool = True) -> None:
         _fail("model.sync_bn", True, "SyncBatchNorm runs on CUDA only (torch's limitation)")
     if check_model:
         _validate_model(cfg.model)
+
+
+def _validate_recipe_features(cfg: Config) -> None:
+    """EMA, accumulation, weight-decay groups, augmentations, pretrained weights."""
+    from ..data.augment import AUTO_AUGMENT_POLICIES, AUTO_AUGMENTS
+
+    d, o, e = cfg.data, cfg.optim, cfg.ema
+    if d.auto_augment is not None and d.auto_augment not in AUTO_AUGMENTS:
+        _fail("data.auto_augment", d.auto_augment, f"choose from {', '.join(AUTO_AUGMENTS)} "
+              "or null")
+    if d.auto_augment_policy not in AUTO_AUGMENT_POLICIES:
+        _fail("data.auto_augment_policy", d.auto_augment_policy,
+              f"choose from {', '.join(AUTO_AUGMENT_POLICIES)}")
+    if d.rand_augment_ops < 0:
+        _fail("data.rand_augment_ops", d.rand_augment_ops, "must be >= 0")
+    if not 0 <= d.rand_augment_magnitude <= 30:
+        _fail("data.rand_augment_magnitude", d.rand_augment_magnitude, "must be in [0, 30]")
+    if not 0 <= d.random_erasing <= 1:
+        _fail("data.random_erasing", d.random_erasing, "must be a probability in [0, 1]")
+    for key in ("mixup_alpha", "cutmix_alpha"):
+        if getattr(d, key) < 0:
+            _fail(f"data.{key}", getattr(d, key), "must be >= 0 (0: off)")
+    if (d.auto_augment or d.random_erasing) and not d.augment:
+        _fail("data.augment", False, "data.auto_augment/random_erasing need data.augment: true")
+    if o.accum_steps < 1:
+        _fail("optim.accum_steps", o.accum_steps, "must be >= 1")
+    for key in ("norm_weight_decay", "bias_weight_decay", "attention_weight_decay"):
+        v = getattr(o, key)
+        if v is not None and v < 0:
+            _fail(f"optim.{key}", v, "must be >= 0 or null (null: optim.weight_decay)")
+    if e.decay is not None and not 0 < e.decay < 1:
+        _fail("ema.decay", e.decay, "must be in (0, 1) or null (no EMA)")
+    if e.every < 1:
+        _fail("ema.every", e.every, "must be >= 1")
+    p = cfg.model.pretrained
+    if p is not None and not isinstance(p, bool) and not p:
+        _fail("model.pretrained", p, "use true, a weights file, 'timm:<name>' or null")
+    dpr = cfg.model.kwargs.get("drop_path_rate")
+    if dpr is not None and (isinstance(dpr, bool) or not isinstance(dpr, (int, float))
+                            or not 0 <= dpr < 1):
+        _fail("model.kwargs.drop_path_rate", dpr, "must be in [0, 1)")
 
 
 def resolve_device_type(device: str) -> str:

@@ -52,7 +52,9 @@ def _select_device(device: str, local_rank: int) -> torch.device:
         device = "cuda" if torch.cuda.is_available() else "cpu"
     if device == "cuda":
         if not torch.cuda.is_available():
-            raise RuntimeError("train.device=cuda but CUDA is not available")
+            # a ValueError: the user's setting, not a run-time failure (CLI exit code 2)
+            raise ValueError("device cuda requested (train.device / --device) but CUDA is not "
+                             "available on this machine; use cpu (or auto)")
         return torch.device("cuda", local_rank)
     return torch.device(device)
 

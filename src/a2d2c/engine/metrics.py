@@ -11,7 +11,8 @@ from typing import Any
 __all__ = ["METRIC_FIELDS", "MetricsWriter"]
 
 METRIC_FIELDS = ("epoch", "global_step", "lr", "temperature", "train_loss", "train_top1",
-                 "val_loss", "val_top1", "val_top5", "epoch_time_s", "train_samples_per_s")
+                 "val_loss", "val_top1", "val_top5", "epoch_time_s", "train_samples_per_s",
+                 "ema_val_loss", "ema_val_top1", "ema_val_top5")
 
 
 class MetricsWriter:

@@ -16,10 +16,12 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import logging
 import math
 import os
 import random
 import signal
+import sys
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -35,16 +37,26 @@ from torch import nn
 from ..temperature import TemperatureScheduler, get_temperature
 from .checkpoint import (
     FORMAT,
+    RESUME_KEYS,
+    WEIGHTS_KEYS,
     CheckpointError,
     capture_rng_state,
     load_checkpoint,
     load_model_state,
+    read_weights,
     restore_rng_state,
     save_checkpoint,
     save_safetensors,
     unwrap_model,
 )
-from .config import Config, config_from_dict, config_to_dict, save_config, validate_config
+from .config import (
+    Config,
+    ConfigError,
+    config_from_dict,
+    config_to_dict,
+    save_config,
+    validate_config,
+)
 from .distributed import (
     DistContext,
     all_reduce_sum,
@@ -64,9 +76,12 @@ __all__ = [
     "evaluate_checkpoint",
     "fit",
     "handle_signals",
+    "load_model",
     "load_weights",
     "train_one_epoch",
 ]
+
+log = logging.getLogger("a2d2c")
 
 AMP_DTYPES = {"none": None, "bf16": torch.bfloat16, "fp16": torch.float16}
 
@@ -169,6 +184,11 @@ def train_one_epoch(
     stop: StopRequest | None = None,
     on_step: Callable[[int, list[float]], None] | None = None,
     progress: bool = False,
+    accum_steps: int = 1,
+    batch_transform: Callable[[torch.Tensor, torch.Tensor, int], tuple[torch.Tensor,
+                                                                      torch.Tensor]]
+    | None = None,
+    ema: Any | None = None,
 ) -> EpochResult:
     """One pass over ``loader`` (from ``start_step`` when resuming mid-epoch).
 
@@ -177,6 +197,13 @@ def train_one_epoch(
     ranks, so all processes stop after the same step. ``stats`` (``[loss_sum,
     correct, samples]`` of this epoch so far, this rank) carries the epoch's running
     totals across an interruption. Returned loss/top-1 are reduced across ranks.
+
+    ``accum_steps``: a step is an optimizer step over that many consecutive batches
+    (the loss of each scaled by ``1/accum_steps``; DDP synchronises only on the last);
+    a last incomplete group of an epoch is skipped. ``batch_transform(x, y, i)`` changes
+    batch ``i`` of the epoch before it reaches the device (MixUp/CutMix; soft targets
+    count the most probable class for top-1). ``ema.step(model)`` follows every
+    optimizer step.
     """
     model.train()
     stats = list(stats) if stats is not None else [0.0, 0.0, 0.0]
@@ -187,11 +214,17 @@ def train_one_epoch(
     bar = None
     tqdm = _tqdm() if progress else None
     if tqdm is not None:
-        bar = tqdm(total=start_step + len(loader), initial=start_step, leave=False,
+        bar = tqdm(total=start_step + len(loader) // accum_steps, initial=start_step, leave=False,
                    desc=f"epoch {epoch + 1}", dynamic_ncols=True, disable=None)
     autocast = torch.autocast(device.type, dtype=amp_dtype or torch.float32,
                               enabled=amp_dtype is not None)
-    for x, y in loader:
+    limit = len(loader) // accum_steps * accum_steps  # batches of complete steps
+    micro = 0
+    for i, (x, y) in enumerate(loader):
+        if i >= limit:
+            break
+        if batch_transform is not None:
+            x, y = batch_transform(x, y, start_step * accum_steps + i)
         x, y = _to_device(x, y, device, channels_last)
         with autocast:
             logits = model(x)
@@ -202,7 +235,22 @@ def train_one_epoch(
                 f"non-finite training loss ({loss_value}) at epoch {epoch + 1}, step "
                 f"{step + 1}: stopping. Lower optim.lr, set optim.clip_grad_norm, or use "
                 "train.amp=bf16/none; the last checkpoint is from before this step")
-        optimizer.zero_grad(set_to_none=True)
+        n = y.shape[0]
+        stats[0] += loss_value * n
+        hard = y.argmax(1) if y.dim() == 2 else y
+        stats[1] += float((logits.detach().argmax(1) == hard).sum())
+        stats[2] += n
+        if micro == 0:
+            optimizer.zero_grad(set_to_none=True)
+        micro += 1
+        if micro < accum_steps:  # accumulate; DDP all-reduces on the group's last batch
+            with model.no_sync() if hasattr(model, "no_sync") else contextlib.nullcontext():
+                loss = loss / accum_steps
+                (scaler.scale(loss) if scaler is not None else loss).backward()
+            continue
+        micro = 0
+        if accum_steps > 1:
+            loss = loss / accum_steps
         if scaler is not None:
             scaler.scale(loss).backward()
             if clip_grad_norm is not None:
@@ -215,15 +263,13 @@ def train_one_epoch(
             if clip_grad_norm is not None:
                 nn.utils.clip_grad_norm_(model.parameters(), clip_grad_norm)
             optimizer.step()
+        if ema is not None:
+            ema.step(unwrap_model(model))
         if lr_scheduler is not None:
             lr_scheduler.step()
         if temperature is not None:
             temperature.step()
         step += 1
-        n = y.shape[0]
-        stats[0] += loss_value * n
-        stats[1] += float((logits.detach().argmax(1) == y).sum())
-        stats[2] += n
         if on_step is not None:
             on_step(step, stats)
         if bar is not None:
@@ -310,17 +356,38 @@ def _seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
-def _log(ctx: DistContext, *msg: Any) -> None:
-    if ctx.is_main:
-        print(*msg, flush=True)
+def _isatty() -> bool:
+    try:
+        return sys.stdout.isatty()
+    except (AttributeError, ValueError):  # replaced or closed stdout
+        return False
+
+
+def _progress_line(ctx: DistContext, epoch: int, epochs: int, step: int, steps: int,
+                   stats: list[float], optimizer: torch.optim.Optimizer, t0: float) -> None:
+    """``epoch 2/10 step 150/391: loss 1.234 top-1 55.1% lr 0.0625 (210 img/s)`` (rank 0's
+    running figures for this epoch)."""
+    n = max(stats[2], 1.0)
+    rate = stats[2] / max(time.perf_counter() - t0, 1e-9)
+    _log(ctx, f"epoch {epoch + 1}/{epochs} step {step}/{steps}: loss {stats[0] / n:.4f} "
+         f"top-1 {100 * stats[1] / n:.2f}% lr {optimizer.param_groups[0]['lr']:.4g} "
+         f"({rate:.0f} img/s)")
+
+
+def _log(ctx: DistContext, *msg: Any, level: int = logging.INFO) -> None:
+    if ctx.is_main:  # the "a2d2c" logger: quiet in a library, stdout under the CLI
+        log.log(level, " ".join(str(m) for m in msg))
 
 
 def fit(cfg: Config, *, resume: str | os.PathLike | None = None,
         stop: StopRequest | None = None,
-        on_step: Callable[[int], None] | None = None) -> FitResult:
+        on_step: Callable[[int], None] | None = None,
+        allow_changed_model: bool = False) -> FitResult:
     """Train ``cfg`` to the end (or until stopped), evaluating and checkpointing.
 
-    ``resume`` continues from a checkpoint (its model must match ``cfg.model``);
+    ``resume`` continues from a checkpoint (its model must match ``cfg.model``: name
+    and every option in ``model.kwargs``; ``allow_changed_model=True`` accepts other
+    options when the weights still fit, e.g. a deliberate change of ``num_points``);
     ``stop`` can be set from outside (signals are wired to it by
     :func:`handle_signals`); ``on_step(global_step)`` runs after every step.
     Only global rank 0 writes: ``config.yaml``, ``last.pt``/``best.pt`` (+ ``.prev``),
@@ -337,7 +404,7 @@ def fit(cfg: Config, *, resume: str | os.PathLike | None = None,
             cfg.train.output_dir = _new_run_dir(cfg, ctx)
         try:
             with contextlib.ExitStack() as held:  # the run folder's lock, until the end
-                return _fit(cfg, ctx, resume, stop, on_step, held)
+                return _fit(cfg, ctx, resume, stop, on_step, held, allow_changed_model)
         except BaseException:
             if auto and ctx.is_main:  # failed before writing anything: leave no empty folder
                 with contextlib.suppress(OSError):
@@ -347,6 +414,47 @@ def fit(cfg: Config, *, resume: str | os.PathLike | None = None,
     finally:
         torch.set_num_threads(threads)
         cleanup_distributed(ctx)
+
+
+def _check_model_arguments(cfg: Config) -> None:
+    """Build the model on the ``meta`` device (no memory, no data): invalid model
+    arguments (``num_kernels=0``, a misspelt conv option) raise :class:`ConfigError` here."""
+    from .build import build_model
+    from .config import ConfigError
+
+    num_classes, in_chans = cfg.data.num_classes or 10, cfg.data.in_chans or 3
+    try:
+        with torch.device("meta"):
+            build_model(cfg, num_classes, in_chans, pretrained=False)  # no weights read
+    except (ValueError, TypeError) as e:
+        raise ConfigError(f"model {cfg.model.name!r} with model.kwargs={cfg.model.kwargs}: "
+                          f"{e}") from None
+    except Exception:  # a model that cannot be built on meta is built (and checked) later
+        pass
+
+
+def _changed_options(old: Any, new: Any, prefix: str) -> list[str]:
+    """``"key: old -> new"`` for every leaf where two nested option dicts differ."""
+    if isinstance(old, dict) and isinstance(new, dict):
+        return [c for k in sorted(set(old) | set(new), key=str)
+                for c in _changed_options(old.get(k, "<unset>"), new.get(k, "<unset>"),
+                                          f"{prefix}.{k}")]
+    return [] if old == new else [f"{prefix}: {old!r} -> {new!r}"]
+
+
+def _check_resume_options(resume: str | os.PathLike, ckpt: dict[str, Any], cfg: Config,
+                          allow_changed: bool) -> None:
+    """A resumed run must train the model the checkpoint trained, also where the weights
+    would fit (a changed ``--model.kwargs.conv_kwargs.num_points`` was accepted silently)."""
+    old = (ckpt["config"].get("model") or {}).get("kwargs") or {}
+    changed = _changed_options(old, config_to_dict(cfg)["model"]["kwargs"], "model.kwargs")
+    if changed and not allow_changed:
+        shown = "; ".join(changed[:3]) + (f" (+{len(changed) - 3} more)" if len(changed) > 3
+                                          else "")
+        raise CheckpointError(
+            f"--resume {resume}: the model options differ from the checkpoint's ({shown}); "
+            "drop those overrides to continue the same run, or pass --resume-allow-changed "
+            "to continue with the changed model")
 
 
 def _new_run_dir(cfg: Config, ctx: DistContext) -> str:
@@ -361,27 +469,31 @@ def _new_run_dir(cfg: Config, ctx: DistContext) -> str:
 
 def _fit(cfg: Config, ctx: DistContext, resume: str | os.PathLike | None, stop: StopRequest,
          on_step: Callable[[int], None] | None,
-         held: contextlib.ExitStack | None = None) -> FitResult:
+         held: contextlib.ExitStack | None = None,
+         allow_changed_model: bool = False) -> FitResult:
     from ..data import build_dataset, build_loader, dataset_info
-    from .build import build_model, build_optimizer, lr_factor_fn
+    from .build import build_model, build_optimizer
+    from .schedule import epoch_schedule
 
     t = cfg.train
     if t.threads:
         torch.set_num_threads(t.threads)
     device = ctx.device
+    _check_model_arguments(cfg)  # bad model options fail before any data is looked at
     info = dataset_info(cfg.data)  # fails on missing data before anything is built
     ckpt = None
     if resume is not None:
-        ckpt = load_checkpoint(resume, map_location="cpu")
+        ckpt = load_checkpoint(resume, map_location="cpu", require=RESUME_KEYS)
         if ckpt.get("model_name") != cfg.model.name:
             raise CheckpointError(f"--resume {resume}: the checkpoint is for model "
                                   f"{ckpt.get('model_name')!r}, the config builds "
                                   f"{cfg.model.name!r}")
 
     _seed_everything(t.seed)  # the model's initial weights: the same on every rank
-    model = build_model(cfg, info.num_classes, info.in_chans)
+    model = build_model(cfg, info.num_classes, info.in_chans, pretrained=ckpt is None)
     if ckpt is not None:
         load_model_state(model, ckpt, source=f"checkpoint {resume}")
+        _check_resume_options(resume, ckpt, cfg, allow_changed_model)  # weights fit: options?
     model.to(device)
     if t.channels_last:
         to_channels_last(model)
@@ -396,12 +508,21 @@ def _fit(cfg: Config, ctx: DistContext, resume: str | os.PathLike | None, stop: 
     val_loader = build_loader(val_set, cfg.data, train=False, seed=t.seed, rank=ctx.rank,
                               world_size=ctx.world_size, device=device)
     sampler = train_loader.sampler
-    steps_per_epoch = len(train_loader)
-    per_rank_bs = train_loader.batch_size
+    accum = cfg.optim.accum_steps
+    steps_per_epoch = len(train_loader) // accum  # optimizer steps
+    if steps_per_epoch < 1:
+        raise ConfigError(f"optim.accum_steps={accum} exceeds the {len(train_loader)} batches "
+                          "of an epoch; lower it or data.batch_size")
+    per_rank_bs = train_loader.batch_size * accum  # samples per rank and optimizer step
+    from ..data.augment import build_batch_mix
+    from .ema import ModelEma
+
+    batch_mix = build_batch_mix(cfg.data, info.num_classes, seed=t.seed, rank=ctx.rank)
+    ema = (ModelEma(model, cfg.ema.decay, warmup=cfg.ema.warmup, every=cfg.ema.every)
+           if cfg.ema.decay is not None else None)
 
     optimizer = build_optimizer(model, cfg.optim)
-    lr_scheduler = torch.optim.lr_scheduler.LambdaLR(
-        optimizer, lr_factor_fn(cfg.schedule, t.epochs, steps_per_epoch, cfg.optim.lr))
+    lr_scheduler = epoch_schedule(optimizer, cfg.schedule, t.epochs, steps_per_epoch)
     temp = TemperatureScheduler(model, steps_per_epoch, start=cfg.temperature.start,
                                 end=cfg.temperature.end,
                                 anneal_epochs=cfg.temperature.anneal_epochs)
@@ -411,21 +532,31 @@ def _fit(cfg: Config, ctx: DistContext, resume: str | os.PathLike | None, stop: 
     start_epoch, start_step, global_step, best_top1 = 0, 0, 0, None
     epoch_stats: list[float] | None = None
     if ckpt is not None:
-        if ckpt["config"]["data"]["batch_size"] != cfg.data.batch_size or (
+        if (ckpt["config"].get("data") or {}).get("batch_size") != cfg.data.batch_size or (
                 ckpt.get("world_size", 1) != ctx.world_size and ckpt["step_in_epoch"]):
             _log(ctx, "warning: batch size or world size changed since the checkpoint; "
-                 "the continuation is not exact")
-        optimizer.load_state_dict(ckpt["optimizer"])
-        lr_scheduler.load_state_dict(ckpt["lr_scheduler"])
-        temp.load_state_dict(ckpt["temperature"])
-        if scaler is not None and ckpt.get("scaler"):
-            scaler.load_state_dict(ckpt["scaler"])
+                 "the continuation is not exact", level=logging.WARNING)
+        try:
+            optimizer.load_state_dict(ckpt["optimizer"])
+            lr_scheduler.load_state_dict(ckpt["lr_scheduler"])
+            temp.load_state_dict(ckpt["temperature"])
+            if scaler is not None and ckpt.get("scaler"):
+                scaler.load_state_dict(ckpt["scaler"])
+            if ema is not None and ckpt.get("ema"):
+                ema.load_state_dict(ckpt["ema"])
+            elif ema is not None:
+                _log(ctx, "note: the checkpoint has no EMA; the average starts now")
+            rng = ckpt["rng"]
+            restore_rng_state(rng[ctx.rank] if isinstance(rng, list) else rng)
+        except (KeyError, IndexError, TypeError, ValueError, RuntimeError) as e:
+            raise CheckpointError(
+                f"--resume {resume}: its optimizer / schedule / RNG state does not fit this "
+                f"run ({type(e).__name__}: {str(e).strip()[:200] or 'malformed entry'}); the "
+                "checkpoint is corrupt or from another model or optimizer") from None
         start_epoch, start_step = int(ckpt["epoch"]), int(ckpt["step_in_epoch"])
         global_step = int(ckpt["global_step"])
         best_top1 = ckpt.get("best_top1")
         epoch_stats = ckpt.get("epoch_stats") if start_step else None
-        rng = ckpt["rng"]
-        restore_rng_state(rng[ctx.rank] if isinstance(rng, list) else rng)
     else:
         _seed_everything(t.seed + ctx.rank)  # point sampling differs between ranks
 
@@ -457,7 +588,8 @@ def _fit(cfg: Config, ctx: DistContext, resume: str | os.PathLike | None, stop: 
     _log(ctx, f"model {cfg.model.name}: {n_params / 1e6:.3f}M params | data {cfg.data.name}: "
          f"{len(train_set)} train / {len(val_set)} val images, {info.num_classes} classes | "
          f"{ctx.world_size} process(es) on {device.type}, batch {cfg.data.batch_size} "
-         f"({per_rank_bs}/process), {steps_per_epoch} steps/epoch, {t.epochs} epochs"
+         f"({train_loader.batch_size}/process{f' x {accum} accumulated' if accum > 1 else ''})"
+         f", {steps_per_epoch} steps/epoch, {t.epochs} epochs"
          + (f" | resuming at epoch {start_epoch + 1} step {start_step}" if ckpt else ""))
 
     def make_state(epoch: int, step_in_epoch: int, metrics: dict[str, Any],
@@ -474,6 +606,7 @@ def _fit(cfg: Config, ctx: DistContext, resume: str | os.PathLike | None, stop: 
             "optimizer": optimizer.state_dict(), "lr_scheduler": lr_scheduler.state_dict(),
             "temperature": temp.state_dict(),
             "scaler": scaler.state_dict() if scaler is not None else {},
+            "ema": ema.state_dict() if ema is not None else None,
             "epoch": epoch, "step_in_epoch": step_in_epoch, "global_step": global_step,
             "epoch_stats": list(stats) if stats else None, "world_size": ctx.world_size,
             "rng": rng, "config": config_to_dict(cfg), "metrics": metrics,
@@ -489,15 +622,22 @@ def _fit(cfg: Config, ctx: DistContext, resume: str | os.PathLike | None, stop: 
 
     final: dict[str, Any] = {}
     epochs_done, status = start_epoch, "completed"
+    # progress lines where a bar cannot draw (stdout redirected: SLURM, nohup, CI)
+    lines_every = t.log_every if (t.progress and ctx.is_main and not _isatty()) else 0
     for epoch in range(start_epoch, t.epochs):
         sampler.set_epoch(epoch)
+        t0_epoch = time.perf_counter()
         first = start_step if epoch == start_epoch else 0
         if first:
             sampler.skip(first * per_rank_bs)
 
-        def step_hook(step: int, stats: list[float], _epoch: int = epoch) -> None:
+        def step_hook(step: int, stats: list[float], _epoch: int = epoch,
+                      _t0: float = t0_epoch) -> None:
             nonlocal global_step
             global_step += 1
+            if lines_every and step % lines_every == 0:
+                _progress_line(ctx, _epoch, t.epochs, step, steps_per_epoch, stats,
+                               optimizer, _t0)
             if t.checkpoint_every and global_step % t.checkpoint_every == 0 and (
                     step < steps_per_epoch):
                 totals = reduced(stats)
@@ -508,13 +648,16 @@ def _fit(cfg: Config, ctx: DistContext, resume: str | os.PathLike | None, stop: 
         # the running totals of an interrupted epoch were stored reduced over ranks:
         # rank 0 carries them on, the others start from zero
         carried = epoch_stats if (epoch == start_epoch and epoch_stats and ctx.is_main) else None
+        mix = None if batch_mix is None else (
+            lambda x, y, i, _epoch=epoch: batch_mix(x, y, epoch=_epoch, step=i))
         res = train_one_epoch(
             train_model, train_loader, optimizer, device=device, epoch=epoch,
             criterion=nn.CrossEntropyLoss(label_smoothing=cfg.optim.label_smoothing),
             lr_scheduler=lr_scheduler, temperature=temp, scaler=scaler, amp_dtype=amp_dtype,
             clip_grad_norm=cfg.optim.clip_grad_norm, channels_last=t.channels_last,
             start_step=first, stats=carried, stop=stop, on_step=step_hook,
-            progress=t.progress and ctx.is_main)
+            progress=t.progress and ctx.is_main, accum_steps=accum, batch_transform=mix,
+            ema=ema)
         broadcast_buffers(model)
         if res.stopped and res.steps < steps_per_epoch:
             totals = [res.loss * res.samples, res.top1 / 100.0 * res.samples,
@@ -535,6 +678,11 @@ def _fit(cfg: Config, ctx: DistContext, resume: str | os.PathLike | None, stop: 
             val = evaluate(model, val_loader, device=device, amp_dtype=amp_dtype,
                            channels_last=t.channels_last, progress=t.progress and ctx.is_main)
             row.update(val_loss=val["loss"], val_top1=val["top1"], val_top5=val["top5"])
+            if ema is not None:  # the averaged weights, beside the raw ones
+                ev = evaluate(ema.module, val_loader, device=device, amp_dtype=amp_dtype,
+                              channels_last=t.channels_last)
+                row.update(ema_val_loss=ev["loss"], ema_val_top1=ev["top1"],
+                           ema_val_top5=ev["top5"])
         is_best = "val_top1" in row and (best_top1 is None or row["val_top1"] > best_top1)
         if is_best:
             best_top1 = row["val_top1"]
@@ -544,6 +692,7 @@ def _fit(cfg: Config, ctx: DistContext, resume: str | os.PathLike | None, stop: 
              f"{res.top1:.2f}% | " + (f"val loss {row['val_loss']:.4f} top-1 "
                                       f"{row['val_top1']:.2f}% top-5 {row['val_top5']:.2f}% | "
                                       if "val_top1" in row else "")
+             + (f"EMA top-1 {row['ema_val_top1']:.2f}% | " if "ema_val_top1" in row else "")
              + f"lr {row['lr']:.4g}"
              + (f" tau {row['temperature']:.3g}" if row["temperature"] is not None else "")
              + f" | {res.time_s:.1f}s")
@@ -587,28 +736,38 @@ def load_weights(path: str | os.PathLike) -> tuple[dict[str, Any], Config]:
     """Weights and config of a training checkpoint (``.pt``) or released ``.safetensors``."""
     path = Path(path)
     if path.suffix == ".safetensors":
-        import json
-
-        if not path.is_file():
-            raise CheckpointError(f"weights file not found: {path}")
-        try:
-            from safetensors import safe_open
-            from safetensors.torch import load_file
-        except ImportError as e:
-            raise CheckpointError("reading .safetensors needs the safetensors package") from e
-        try:
-            with safe_open(str(path), framework="pt") as f:
-                meta = f.metadata() or {}
-            tensors = load_file(str(path))
-        except Exception as e:  # safetensors raises its own error types
-            raise CheckpointError(f"{path} is truncated or corrupt: {e}") from None
-        if "config" not in meta:
+        tensors, meta = read_weights(path)
+        if not isinstance(meta.get("config"), dict):
             raise CheckpointError(f"{path} has no a2d2c config metadata")
         state = {"format": FORMAT, "model": tensors, "model_name": meta.get("model_name"),
-                 "metrics": {"val_top1": json.loads(meta.get("val_top1", "null"))}}
-        return state, config_from_dict(json.loads(meta["config"]))
-    state = load_checkpoint(path)
+                 "num_classes": meta.get("num_classes"), "in_chans": meta.get("in_chans"),
+                 "metrics": {"val_top1": meta.get("val_top1")}}
+        return state, config_from_dict(meta["config"])
+    state = load_checkpoint(path, require=WEIGHTS_KEYS)
     return state, config_from_checkpoint(state)
+
+
+def load_model(checkpoint: str | os.PathLike) -> nn.Module:
+    """Rebuild a trained classifier from its checkpoint alone, in eval mode on the CPU.
+
+    ``checkpoint`` is a training checkpoint (``last.pt``/``best.pt``) or the released
+    ``model.safetensors``: the registry name, its options, the number of classes and input
+    channels are read from it — no recipe, no dataset needed::
+
+        model = a2d2c.load_model("runs/x/best.pt")
+        probs = model(images).softmax(-1)
+    """
+    from .build import build_model
+
+    state, cfg = load_weights(checkpoint)
+    num_classes, in_chans = state.get("num_classes"), state.get("in_chans")
+    if num_classes is None or in_chans is None:
+        raise CheckpointError(f"{checkpoint} does not record num_classes/in_chans; rebuild the "
+                              "model with a2d2c.create_model and load_model_state")
+    model = build_model(cfg, int(num_classes), int(in_chans), pretrained=False)
+    load_model_state(model, state, source=f"checkpoint {checkpoint}",
+                     expected_name=cfg.model.name)
+    return model.eval()
 
 
 def evaluate_checkpoint(path: str | os.PathLike, overrides: dict[str, Any] | None = None
@@ -633,7 +792,7 @@ def evaluate_checkpoint(path: str | os.PathLike, overrides: dict[str, Any] | Non
         torch.set_num_threads(cfg.train.threads)
     try:
         info = dataset_info(cfg.data)
-        model = build_model(cfg, info.num_classes, info.in_chans)
+        model = build_model(cfg, info.num_classes, info.in_chans, pretrained=False)
         load_model_state(model, state, source=f"checkpoint {path}", expected_name=cfg.model.name)
         model.to(ctx.device)
         if cfg.train.channels_last:
@@ -644,6 +803,15 @@ def evaluate_checkpoint(path: str | os.PathLike, overrides: dict[str, Any] | Non
         metrics: dict[str, Any] = evaluate(
             model, loader, device=ctx.device, amp_dtype=AMP_DTYPES[cfg.train.amp],
             channels_last=cfg.train.channels_last, progress=cfg.train.progress and ctx.is_main)
+        if state.get("ema"):  # the averaged weights too
+            from .ema import ema_weights
+
+            load_model_state(model, {"model": ema_weights(state["ema"])},
+                             source=f"checkpoint {path} (EMA)")
+            metrics["ema"] = evaluate(model, loader, device=ctx.device,
+                                      amp_dtype=AMP_DTYPES[cfg.train.amp],
+                                      channels_last=cfg.train.channels_last)
+            metrics["recorded_ema_top1"] = (state.get("metrics") or {}).get("ema_val_top1")
     finally:
         torch.set_num_threads(threads)
         cleanup_distributed(ctx)

@@ -84,7 +84,12 @@ class DCNv3(nn.Module):
         center_feature_scale: blend with the projected input by a learned per-group gate.
         remove_center: drop the centre point (8 points for 3×3).
         act_layer, norm_layer: of the offset branch (GELU, LayerNorm eps 1e-6).
+
+    The sampling is the class attribute ``core`` (:func:`a2d2c.ops.dcnv3_core`); a
+    subclass may swap in another implementation of the same function.
     """
+
+    core = staticmethod(dcnv3_core)
 
     def __init__(
         self,
@@ -155,9 +160,9 @@ class DCNv3(nn.Module):
         offset = self.offset(x1)
         mask = self.mask(x1).view(n, h, w, self.group, self.num_points).softmax(-1)
         mask = mask.flatten(-2).to(v.dtype)
-        out = dcnv3_core(v, offset, mask, self.kernel_size, self.kernel_size, 1, 1, self.pad,
-                         self.pad, self.dilation, self.dilation, self.group,
-                         self.group_channels, self.offset_scale, self.remove_center)
+        out = self.core(v, offset, mask, self.kernel_size, self.kernel_size, 1, 1, self.pad,
+                        self.pad, self.dilation, self.dilation, self.group, self.group_channels,
+                        self.offset_scale, self.remove_center)
         if self.center_feature_scale:
             s = _gate(self, x1)
             out = out * (1 - s) + v * s
@@ -184,8 +189,11 @@ class DCNv4(nn.Module):
         output_bias: bias of the output projection (FlashInternImage: ``False``).
         without_pointwise: no value and output projections.
 
-    ``forward(x, shape=(H, W))``; ``shape`` may be omitted for square inputs.
+    ``forward(x, shape=(H, W))``; ``shape`` may be omitted for square inputs. The
+    sampling is the class attribute ``core``, as in :class:`DCNv3`.
     """
+
+    core = staticmethod(dcnv3_core)
 
     def __init__(
         self,
@@ -275,9 +283,9 @@ class DCNv4(nn.Module):
             om_in = om_in.permute(0, 2, 3, 1)
         om = self.offset_mask(om_in).reshape(n, h, w, -1)
         offset, mask = unpack_offset_mask(om, self.group, self.num_points)
-        out = dcnv3_core(v, offset, mask, self.kernel_size, self.kernel_size, 1, 1, self.pad,
-                         self.pad, self.dilation, self.dilation, self.group,
-                         self.group_channels, self.offset_scale, self.remove_center)
+        out = self.core(v, offset, mask, self.kernel_size, self.kernel_size, 1, 1, self.pad,
+                        self.pad, self.dilation, self.dilation, self.group, self.group_channels,
+                        self.offset_scale, self.remove_center)
         if self.center_feature_scale:
             s = _gate(self, out)
             out = out * (1 - s) + v * s

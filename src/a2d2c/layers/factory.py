@@ -91,7 +91,9 @@ def create_conv2d(
 
 
 register_conv_layer("static", nn.Conv2d)
-register_conv_layer("a2d2c", functools.partial(A2D2Conv2d, impl="kernel"))
+# "a2d2c": the layer's own impl="auto" (the cheapest exact form for the shape, device and
+# mode); "a2d2c+": the plus form always (the paper's A²D²C+). `impl=` overrides either.
+register_conv_layer("a2d2c", A2D2Conv2d)
 register_conv_layer("a2d2c+", functools.partial(A2D2Conv2d, impl="plus"))
 register_conv_layer("condconv", CondConv2d)
 register_conv_layer("dynamicconv", DynamicConv2d)

@@ -39,8 +39,13 @@ Placements (SPEC §3, plus the baselines' own):
 ``"stages2-4-3x3"``
     ResNet: every 3×3 conv inside the residual blocks of ``layer2``–``layer4`` (the
     Mask R-CNN backbone of :mod:`a2d2c.detection`; 13 convs in ResNet-50).
+``"3x3"``, ``"3x3-dense"``, ``"1x1"``
+    By kernel shape wherever the conv is (``"3x3-dense"``: ``groups == 1``).
 a predicate ``f(qualified_conv_name) -> bool``
     Any set of convs by name, e.g. ``lambda n: n == "layer2.0.conv2"``.
+
+This one table serves the model builders and :func:`a2d2c.convert` (``a2d2c.PLACEMENTS``
+is this dict).
 """
 
 from __future__ import annotations
@@ -55,6 +60,7 @@ from ..layers.factory import create_conv2d, list_conv_layers
 
 __all__ = [
     "BASELINE_PLACEMENTS",
+    "BUILDER_ONLY",
     "CLASSIFIERS",
     "PAPER_CONFIGS",
     "PLACEMENTS",
@@ -63,6 +69,7 @@ __all__ = [
     "PooledConvClassifier",
     "TerminalLayer",
     "backbone_modules",
+    "infer_sites",
 ]
 
 ROLES = ("stem", "block", "downsample", "terminal", "head")
@@ -100,7 +107,38 @@ PLACEMENTS: dict[str, Callable[[ConvSite, str], bool]] = {
     "stages2-4-3x3": lambda s, arch: (arch == "resnet" and s.role == "block"
                                       and s.kernel_size == 3
                                       and s.name.startswith(("layer2.", "layer3.", "layer4."))),
+    # by kernel shape, wherever the conv is (stem and shortcuts included)
+    "3x3": lambda s, arch: s.kernel_size == 3,
+    "3x3-dense": lambda s, arch: s.kernel_size == 3 and s.groups == 1,
+    "1x1": lambda s, arch: s.kernel_size == 1,
 }
+
+#: placements that need a backbone's own structure (an appended layer, block boundaries):
+#: the model builders have it, :func:`a2d2c.convert` on an arbitrary network does not
+BUILDER_ONLY = ("terminal", "block-initial")
+
+
+def infer_sites(model: nn.Module) -> list[tuple[ConvSite, nn.Conv2d]]:
+    """The ``nn.Conv2d`` modules of any network as placement sites (for ``a2d2c.convert``).
+
+    Roles are inferred from the module tree, torchvision-style: the first conv of the
+    network is the ``stem``; a conv whose qualified name contains ``downsample`` or
+    ``shortcut`` is a ``downsample`` projection; every other conv is a ``block`` conv.
+    So ``"all"`` means the same as in the builders: ResNet's 3×3 block convs.
+    """
+    convs = [(n, m) for n, m in model.named_modules() if type(m) is nn.Conv2d]
+    sites = []
+    for i, (name, conv) in enumerate(convs):
+        parts = name.split(".")
+        if i == 0 and len(convs) > 1:
+            role = "stem"
+        elif any(("downsample" in p or "shortcut" in p) for p in parts):
+            role = "downsample"
+        else:
+            role = "block"
+        kh, kw = conv.kernel_size
+        sites.append((ConvSite(name, role, kh if kh == kw else -1, conv.groups), conv))
+    return sites
 
 # What "default" means for each conv type on each backbone ("resnet18", "resnet50",
 # "mobilenetv2"): (placement, default conv_kwargs, classifier), from each method's paper

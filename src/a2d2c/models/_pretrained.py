@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import logging
 import os
+import re
 from pathlib import Path
 from typing import Any
 
@@ -86,7 +87,12 @@ def _from_torchvision(model: nn.Module) -> dict[str, Tensor]:
     url, path = torchvision_weights_path(model)
     if not path.is_file():
         try:
-            torch.hub.download_url_to_file(url, str(path.with_suffix(".part")), progress=False)
+            path.parent.mkdir(parents=True, exist_ok=True)
+            # torchvision's file names carry a SHA-256 prefix: the download is checked
+            m = re.search(r"-([a-f0-9]{6,})\.", path.name)
+            torch.hub.download_url_to_file(url, str(path.with_suffix(".part")),
+                                           hash_prefix=m.group(1) if m else None,
+                                           progress=False)
             os.replace(path.with_suffix(".part"), path)
         except (OSError, ValueError, RuntimeError) as e:  # URLError is an OSError
             raise PretrainedError(

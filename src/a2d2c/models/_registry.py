@@ -93,8 +93,10 @@ def model_arguments(name: str) -> list[str] | None:
     params = inspect.signature(target).parameters.values()
     if target is fn and any(p.kind == p.VAR_KEYWORD for p in params):
         return None
-    return [p.name for p in params if p.kind in (p.KEYWORD_ONLY, p.POSITIONAL_OR_KEYWORD)
-            and p.name not in ("num_classes", "in_chans")]
+    names = [p.name for p in params if p.kind in (p.KEYWORD_ONLY, p.POSITIONAL_OR_KEYWORD)
+             and p.name not in ("num_classes", "in_chans")]
+    # impl= reaches the A²D²C layers through conv_kwargs (see create_model)
+    return [*names, "impl"] if "conv_kwargs" in names else names
 
 
 def create_model(name: str, *, num_classes: int = 1000, in_chans: int = 3,
@@ -123,6 +125,11 @@ def create_model(name: str, *, num_classes: int = 1000, in_chans: int = 3,
     """
     fn = get_model_entrypoint(name)
     accepted = model_arguments(name)
+    if "impl" in overrides and (accepted is None or "conv_kwargs" in accepted):
+        # impl= of the A²D²C layers ("auto", "kernel", "unfold", "plus"), as a shorthand
+        # for conv_kwargs={"impl": ...}
+        overrides["conv_kwargs"] = {**(overrides.get("conv_kwargs") or {}),
+                                    "impl": overrides.pop("impl")}
     unknown = [] if accepted is None else [k for k in overrides if k not in accepted]
     if unknown:
         hints = "".join(f" {k!r}{_close(k, accepted, 2)}" for k in unknown)

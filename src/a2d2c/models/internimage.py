@@ -239,6 +239,22 @@ class InternImage(nn.Module):
     def forward(self, x: Tensor) -> Tensor:
         return self.forward_head(self.forward_features(x))
 
+    def get_classifier(self) -> nn.Module:
+        return self.head
+
+    def reset_classifier(self, num_classes: int) -> None:
+        """A new classifier with ``num_classes`` outputs (``0``: an identity, the pooled
+        features), initialised like the original head (timm's API)."""
+        if isinstance(num_classes, bool) or not isinstance(num_classes, int) or num_classes < 0:
+            raise ValueError(f"num_classes must be an int >= 0, got {num_classes!r}")
+        width = self.conv_head[0].out_channels
+        head = nn.Linear(width, num_classes) if num_classes else nn.Identity()
+        if num_classes:
+            nn.init.trunc_normal_(head.weight, std=0.02)
+            nn.init.zeros_(head.bias)
+        self.head = head.to(self.conv_head[0].weight.device)
+        self.num_classes = num_classes
+
 
 _CONFIGS: dict[str, dict[str, Any]] = {
     # The official classification configs (InternImage and DCNv4 repositories).
@@ -266,6 +282,7 @@ _CONFIGS: dict[str, dict[str, Any]] = {
 
 def _internimage(
     arch: str,
+    /,
     *,
     num_classes: int = 1000,
     in_chans: int = 3,

@@ -26,6 +26,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import re
 import time
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
@@ -103,6 +104,18 @@ def list_studies(root: str | os.PathLike | None = None) -> list[str]:
     return sorted(p.stem for p in d.glob("*.yaml")) if d.is_dir() else []
 
 
+_LABEL = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.+=-]{0,99}")
+
+
+def _check_label(label: Any, path: Path) -> None:
+    """A variant label becomes a file and folder name under ``--results``/``--runs``:
+    letters, digits and ``_ . + = -`` only (no ``/``, no ``..``), so it cannot escape."""
+    if not isinstance(label, str) or not _LABEL.fullmatch(label) or ".." in label:
+        raise StudyError(f"{path}: variant label {label!r} is not allowed: use letters, "
+                         "digits and _ . + = - (at most 100, starting with a letter or "
+                         "digit, no '..'), since it names files under --results and --runs")
+
+
 def load_study(name_or_path: str | os.PathLike,
                root: str | os.PathLike | None = None) -> StudySpec:
     """Read a study by name (a shipped study, or one in ``root``) or by path."""
@@ -141,6 +154,7 @@ def load_study(name_or_path: str | os.PathLike,
     if not isinstance(variants, dict) or not variants:
         raise StudyError(f"{path}: 'variants' must be a non-empty mapping label -> overrides")
     for label, ov in variants.items():
+        _check_label(label, path)
         if not isinstance(ov, dict):
             raise StudyError(f"{path}: variant {label!r} must map to a dict of overrides, "
                              f"got {ov!r}")
@@ -211,7 +225,7 @@ def _profile(cfg: Any) -> tuple[int, int | None, str]:
     from ..profiling import count_madds, count_params
 
     info = dataset_info(cfg.data)
-    model = build_model(cfg, info.num_classes, info.in_chans)
+    model = build_model(cfg, info.num_classes, info.in_chans, pretrained=False)
     report = count_madds(model, (info.in_chans, info.img_size, info.img_size))
     return count_params(model), int(report.madds), report.summary()
 
@@ -239,7 +253,7 @@ def run_study(
     seeds: Iterable[int] | None = None,
     extra: Iterable[str] = (),
     train_fn: Callable[[Any], dict[str, Any]] | None = None,
-    log: Callable[[str], None] = print,
+    log: Callable[[str], None] | None = None,
 ) -> list[RunRecord]:
     """Run every missing (variant, seed) of ``spec``; return all records found.
 
@@ -247,6 +261,11 @@ def run_study(
     ``--key value`` overrides applied to every run (e.g. ``--train.device=cuda``).
     """
     from ..engine import NonFiniteLossError, load_config
+
+    if log is None:  # the "a2d2c" logger (stdout under the CLI, quiet as a library)
+        import logging
+
+        log = logging.getLogger("a2d2c").info
 
     labels = list(spec.variants) if only is None else list(only)
     bad = [v for v in labels if v not in spec.variants]

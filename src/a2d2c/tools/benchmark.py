@@ -44,12 +44,14 @@ from ..ops.mixed_conv import auto_impl, exact_impls
 
 __all__ = [
     "CSV_COLUMNS",
+    "DCN_VARIANTS",
     "PRESETS",
     "Case",
     "Variant",
     "csv_name",
     "grid_cases",
     "list_variants",
+    "naive_dcnv3_core",
     "run_benchmark",
     "run_grid",
     "saved_activation_bytes",
@@ -78,6 +80,8 @@ class Case:
     anchors: str = ""
     target: float | None = None
     memory_target: float | None = None
+    extra_variants: tuple[str, ...] = ()
+    """Variants outside the conv factory this case also runs (``DCN_VARIANTS``)."""
 
     def __post_init__(self) -> None:
         if self.kind not in ("layer", "model"):
@@ -190,6 +194,8 @@ def _with_kernels(build: Callable[..., nn.Module], num_kernels: int, **kwargs) -
 
 
 def _build(case: Case, variant: Variant) -> nn.Module:
+    if variant.conv in DCN_VARIANTS:
+        return _build_dcn(case, variant)
     if case.kind == "layer":
         args = (variant.conv, case.channels, case.channels, 3, 1, 1)
         if variant.conv == "static":
@@ -390,6 +396,7 @@ def _run_case(case: Case, variants: Sequence[Variant], device: torch.device,
 
     train = case.mode == "train"
     runners = []
+    variants = [*variants, *(Variant(label, label) for label in case.extra_variants)]
     for v in variants:
         try:
             runners.append(_make_runner(case, v, device, amp_dtype, channels_last, seed=0))
@@ -543,6 +550,87 @@ def rows_as_dicts(cases: Sequence[Case]) -> list[dict]:
     """The cases as plain dicts (for printing a preset)."""
     return [asdict(c) for c in cases]
 
+
+# ----------------------------------------------------------------------------- DCN layers
+# DCNv3/DCNv4 token mixers beside the 3×3 convolutions of the layer cases (C → C, same
+# size; group = C / 16 as in InternImage), wrapped to take and return NCHW. The
+# ``:grid_sample`` variant is the naive route (the official PyTorch reference's: one
+# grid_sample over all P points, P× the output saved for backward), kept here only as the
+# memory baseline of a2d2c.ops.dcnv3_core.
+
+
+def naive_dcnv3_core(value: Tensor, offset: Tensor, mask: Tensor, kernel_h: int, kernel_w: int,
+                     stride_h: int, stride_w: int, pad_h: int, pad_w: int, dilation_h: int,
+                     dilation_w: int, group: int, group_channels: int, offset_scale: float,
+                     remove_center: bool) -> Tensor:
+    """:func:`a2d2c.ops.dcnv3_core` by one ``grid_sample`` of every point at once."""
+    n, h, w, c = value.shape
+    _, ho, wo, _ = offset.shape
+    pts = [(i, j) for i in range(kernel_w) for j in range(kernel_h)
+           if not (remove_center and i == kernel_w // 2 and j == kernel_h // 2)]
+    s = offset_scale
+    cw, ch = (dilation_w * (kernel_w - 1)) >> 1, (dilation_h * (kernel_h - 1)) >> 1
+    dt = offset.dtype if offset.dtype == torch.float64 else torch.float32
+    ix = torch.tensor([i * dilation_w for i, _ in pts], dtype=dt, device=value.device)
+    jy = torch.tensor([j * dilation_h for _, j in pts], dtype=dt, device=value.device)
+    bx = torch.arange(wo, dtype=dt, device=value.device) * stride_w - pad_w + cw - cw * s
+    by = torch.arange(ho, dtype=dt, device=value.device) * stride_h - pad_h + ch - ch * s
+    off = offset.to(dt).view(n, ho, wo, group, len(pts), 2)
+    x = bx.view(1, 1, -1, 1, 1) + (ix + off[..., 0]) * s
+    y = by.view(1, -1, 1, 1, 1) + (jy + off[..., 1]) * s
+    # pixel → grid_sample's normalised coordinates (align_corners=False: -1 = left edge)
+    grid = torch.stack(((2 * x + 1) / w - 1, (2 * y + 1) / h - 1), -1)
+    grid = grid.permute(0, 3, 1, 2, 4, 5).reshape(n * group, ho * wo, len(pts), 2)
+    v = value.view(n, h, w, group, group_channels).permute(0, 3, 4, 1, 2)
+    v = v.reshape(n * group, group_channels, h, w)
+    sampled = F.grid_sample(v, grid.to(v.dtype), mode="bilinear", padding_mode="zeros",
+                            align_corners=False)  # (N·G, D, Ho·Wo, P)
+    m = mask.view(n, ho * wo, group, len(pts)).permute(0, 2, 1, 3).reshape(n * group, 1,
+                                                                          ho * wo, len(pts))
+    out = (sampled * m.to(sampled.dtype)).sum(-1)  # (N·G, D, Ho·Wo)
+    return out.view(n, c, ho * wo).transpose(1, 2).reshape(n, ho, wo, c)
+
+
+class _DCNLayer(nn.Module):
+    """A DCN token mixer as an NCHW ``C → C`` layer."""
+
+    def __init__(self, kind: str, channels: int, naive: bool) -> None:
+        super().__init__()
+        from ..layers.dcn import DCNv3, DCNv4
+
+        cls = DCNv3 if kind == "dcnv3" else DCNv4
+        if naive:
+            cls = type(f"{cls.__name__}GridSample", (cls,),
+                       {"core": staticmethod(naive_dcnv3_core)})
+        self.kind = kind
+        self.dcn = cls(channels, group=max(1, channels // 16))
+
+    def forward(self, x: Tensor) -> Tensor:
+        n, c, h, w = x.shape
+        t = x.permute(0, 2, 3, 1)
+        if self.kind == "dcnv3":
+            return self.dcn(t).permute(0, 3, 1, 2)
+        return self.dcn(t.reshape(n, h * w, c), (h, w)).view(n, h, w, c).permute(0, 3, 1, 2)
+
+
+#: The DCN variants of the ``dcn`` preset's cases (beside the conv factory's).
+DCN_VARIANTS = ("dcnv3", "dcnv4", "dcnv4:grid_sample")
+
+
+def _build_dcn(case: Case, variant: Variant) -> nn.Module:
+    if case.kind != "layer":
+        raise ValueError(f"{variant.label} is a layer variant; case {case.name!r} is a model")
+    kind, _, route = variant.conv.partition(":")
+    return _DCNLayer(kind, case.channels, naive=route == "grid_sample")
+
+
+# InternImage-T's stage 1 and stage 3 at 224² (``a2d2c bench --preset dcn --variants static``
+# runs only the 3×3 conv beside the DCN layers).
+PRESETS["dcn"] = [
+    Case("dcn64_b8_56x56_train", "layer", "train", 8, 64, 56, extra_variants=DCN_VARIANTS),
+    Case("dcn256_b32_14x14_train", "layer", "train", 32, 256, 14, extra_variants=DCN_VARIANTS),
+    Case("dcn64_b1_56x56_infer", "layer", "infer", 1, 64, 56, extra_variants=DCN_VARIANTS),
+]
 
 # ----------------------------------------------------------------------------- grid
 #: The grid of ``a2d2c bench --preset grid``: 3×3 layers ``C → C`` (stride 1, padding 1).

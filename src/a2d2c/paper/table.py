@@ -11,8 +11,8 @@ from typing import IO, Any
 
 import torch
 
-from .paper_figures import PAPER_ROWS, PaperRow
-from .profiling import count_madds, count_params
+from ..profiling import count_madds, count_params
+from .figures import PAPER_ROWS, PaperRow
 
 __all__ = ["CountedRow", "build_row", "paper_rows", "render_markdown", "render_text"]
 
@@ -145,7 +145,7 @@ def render_markdown(rows: list[CountedRow]) -> str:
         "by hand). Every row of the paper's Tables 1-13 that this project can build, "
         "counted by `a2d2c.profiling`: parameters of the whole model, MAdds of one "
         "eval-mode forward pass at batch size 1 (convolutions + matrix products + "
-        "kernel aggregation; see the README, \"Models and counting\"). ImageNet rows: "
+        "kernel aggregation; see docs/models.md). ImageNet rows: "
         "1000 classes at 224x224; CIFAR-100 rows: 100 classes, CIFAR stem, 32x32; "
         "COCO rows: the backbone without its classifier (the paper's bracketed figure). "
         "ResNet-50 rows are variant v1 (stride on the first 1x1; the paper's 3.858G).",
@@ -174,13 +174,13 @@ _WHY = """
   14.70M) into the ResNet-50 table; the ResNet-50 networks are twice as large or more.
 * **CondConv ResNet-18** is 89.89M in Table 4 but 81.35M in Table 1. Our default (every conv)
   is Table 4's; Table 1's is reproduced (81.36M at 1000 classes) only by a reconstruction
-  (`a2d2c.paper_figures.condconv_late` + the 8-expert classifier); the paper does not say.
+  (`a2d2c.paper.figures.condconv_late` + the 8-expert classifier); the paper does not say.
 * **A2D2C / A2D2C+ rows** depend on the attention head, which the paper leaves unspecified;
-  ours is the parameter-free `direct` head (SPEC §1), hence small differences (ResNet-18:
+  ours is the parameter-free `direct` head, hence small differences (ResNet-18:
   44.65M vs 44.93M). The ResNet-50 rows need `placement="block"` to come near 89.70M.
 * **A2D2C+ MAdds** are those of the plus form actually executed: K convolutions per layer,
   about K times a static network. The paper prints figures close to one convolution (its
-  count is the kernel form's, SPEC §4); the note gives our kernel-form count of the same
+  count is the kernel form's); the note gives our kernel-form count of the same
   network.
 * **Impossible figures**: Table 8's "Median" (10.58M, smaller than the static 11.69M after
   adding kernels) and Table 13's three sampling variants (44.93M / 43.21M / 43.90M; sampling
@@ -188,6 +188,12 @@ _WHY = """
 * **MobileNetV2 CondConv and DCD (Table 6)**: their papers' MobileNetV2 placements (CondConv:
   later blocks + classifier; DCD: not fully described) are not reproduced; we put CondConv in
   every conv and DCD in the dense 1x1 convs with its dynamic classifier.
+* **DCNv4 and InternImage (Tables 1, 2, 5)** are built as the smallest official models,
+  FlashInternImage-T (29.82M at 1000 classes) and InternImage-T (29.92M). The paper's
+  12.22M / 27.32M (DCNv4) and 25.39M (InternImage) match no published configuration (the
+  official T/S/B are 30M/50M/97M), so none is invented to fit. Their MAdds count the
+  deformable sampling as InternImage's own FLOPs script does, 5·H·W·P·C per DCN layer
+  (P = 9 points), on top of the convolutions and linear layers.
 * **ViT-Small / Swin-Tiny** are timm's models; timm's ViT-S/16 counts 4.24G (the paper 4.6G).
   The COCO Swin-Tiny backbone (25.23M) is not timm's Swin-T (27.52M without its classifier).
 """

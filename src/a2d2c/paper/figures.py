@@ -2,15 +2,15 @@
 
 One :class:`PaperRow` per table row, with the paper's figures transcribed as printed
 (``None`` where the paper gives none) and how this project builds the row (a registered
-model name and overrides; ``model=None`` where the row is not a model we provide, e.g.
-DCNv4 or InternImage). :mod:`a2d2c.paper_table` builds and counts them.
+model name and overrides; ``model=None`` where the row is not a model we provide).
+:mod:`a2d2c.paper.table` builds and counts them.
 
 Build conventions: ImageNet rows are 1000-class models at 224²; CIFAR-100 rows are
 100-class models with the CIFAR stem at 32²; COCO (Table 7) rows are the backbone
 without its classifier, the paper's figure in brackets. ResNet-50 rows use
 ``variant="v1"`` (the paper's static 3.858G is v1). A²D²C ResNet-50 rows use
 ``placement="block"`` (every bottleneck conv): the paper's 89.70M is only reachable that
-way, whereas SPEC §3's ``"all"`` (the 3×3 convs) gives 59.5M.
+way, whereas the ``"all"`` placement (the 3×3 convs) gives 59.5M.
 """
 
 from __future__ import annotations
@@ -46,21 +46,24 @@ def condconv_late(name: str) -> bool:
 
 _V1 = {"variant": "v1"}
 _A2_R50 = {"variant": "v1", "placement": "block"}
-_N_R50 = "placement='block' (every bottleneck conv); SPEC 'all' (3x3 only) gives 59.51M"
+_N_R50 = "placement='block' (every bottleneck conv); placement 'all' (3x3 only) gives 59.51M"
 _HEAD = "A2D2C's attention head is unspecified in the paper; ours: direct (parameter-free)"
 _PLUS = ("MAdds of the plus form actually executed (K convolutions); the paper counts the "
          "kernel form")
 _CIFAR_COPY = "the paper's CIFAR figures equal its ImageNet (1000-class) ones"
 _COPIED_R18 = "figure identical to Table 1's ResNet-18 row (copied in the paper)"
-_NA = "not provided by this project"
+_DCN4 = ("FlashInternImage-T (DCNv4), the smallest official DCNv4 backbone; the paper's size "
+         "matches no published configuration")
+_INTERN = ("InternImage-T, the smallest official configuration; the paper's size matches no "
+           "published configuration")
 
 R = PaperRow
 PAPER_ROWS: list[PaperRow] = [
     # Table 1: CIFAR-100, ResNet-18 (params only)
     R(1, "ResNet-18 (static)", "CIFAR-100", 11.69, None, "resnet18", {}, _CIFAR_COPY),
     R(1, "ViT-Small", "CIFAR-100", 22.12, None, "vit_small"),
-    R(1, "DCNv4", "CIFAR-100", 12.22, None, None, {}, _NA),
-    R(1, "InternImage", "CIFAR-100", 25.39, None, None, {}, _NA),
+    R(1, "DCNv4", "CIFAR-100", 12.22, None, "flash_internimage_t", {}, _DCN4),
+    R(1, "InternImage", "CIFAR-100", 25.39, None, "internimage_t", {}, _INTERN),
     R(1, "CondConv", "CIFAR-100", 81.35, None, "resnet18_condconv",
       {"placement": condconv_late, "classifier": "dynamic"},
       "reconstruction: 8 experts in the last three blocks' 3x3 convs + an 8-expert "
@@ -73,8 +76,8 @@ PAPER_ROWS: list[PaperRow] = [
     # Table 2: CIFAR-100, ResNet-50 (params only)
     R(2, "ResNet-50 (static)", "CIFAR-100", 25.58, None, "resnet50", _V1),
     R(2, "ViT-Small", "CIFAR-100", 22.12, None, "vit_small"),
-    R(2, "DCNv4", "CIFAR-100", 12.22, None, None, {}, _NA),
-    R(2, "InternImage", "CIFAR-100", 25.39, None, None, {}, _NA),
+    R(2, "DCNv4", "CIFAR-100", 12.22, None, "flash_internimage_t", {}, _DCN4),
+    R(2, "InternImage", "CIFAR-100", 25.39, None, "internimage_t", {}, _INTERN),
     R(2, "CondConv", "CIFAR-100", 81.35, None, "resnet50_condconv", _V1, _COPIED_R18),
     R(2, "DynamicConv", "CIFAR-100", 45.47, None, "resnet50_dynamicconv", _V1, _COPIED_R18),
     R(2, "DCD", "CIFAR-100", 14.70, None, "resnet50_dcd", _V1, _COPIED_R18),
@@ -113,7 +116,7 @@ PAPER_ROWS: list[PaperRow] = [
     R(5, "CondConv", "ImageNet", 189.92, 3.978, "resnet50_condconv", _V1),
     R(5, "DynamicConv", "ImageNet", 100.88, 3.965, "resnet50_dynamicconv", _V1),
     R(5, "DCD", "ImageNet", 29.84, 3.944, "resnet50_dcd", _V1),
-    R(5, "DCNv4 (w/o P)", "ImageNet", 27.32, 4.650, None, {}, _NA),
+    R(5, "DCNv4 (w/o P)", "ImageNet", 27.32, 4.650, "flash_internimage_t", {}, _DCN4),
     R(5, "ODConv (4x)", "ImageNet", 90.67, 4.080, "resnet50_odconv", _V1),
     R(5, "A2D2C (4x)", "ImageNet", 89.70, 4.083, "resnet50_a2d2c", _A2_R50, _N_R50),
     R(5, "A2D2C+ (4x)", "ImageNet", 89.70, 4.095, "resnet50_a2d2c_plus", _A2_R50,
