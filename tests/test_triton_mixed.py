@@ -37,6 +37,33 @@ def test_triton_kernels_under_the_interpreter():
     assert " passed" in proc.stdout and "failed" not in proc.stdout
 
 
+@pytest.mark.skipif(CHILD, reason="runs in the parent only")
+@pytest.mark.parametrize("dtype", ["fp32", "fp16", "bf16"])
+def test_triton_kernels_compile_for_an_h100_class_gpu(dtype):
+    """No GPU needed: Triton lowers the three kernels to PTX and cubin for sm_90."""
+    import triton
+    from triton.backends import backends
+    from triton.backends.compiler import GPUTarget
+    from triton.compiler import ASTSource
+
+    if "nvidia" not in backends:
+        pytest.skip("this triton build has no NVIDIA backend")
+
+    from a2d2c.ops import _triton_mixed as tm
+
+    flags = dict(HAS_IN=True, HAS_OUT=True, HAS_BIAS=True)
+    for kernel in (tm._fwd, tm._bwd_input, tm._bwd_kernel):
+        fn = kernel.fn  # under the autotuner
+        consts = dict(KH=3, KW=3, BLOCK_M=64, BLOCK_N=64, BLOCK_K=32, DOT_F32=dtype == "fp32")
+        consts.update({k: v for k, v in flags.items() if k in fn.arg_names})
+        data = {"x_ptr", "y_ptr", "gy_ptr", "gx_ptr"}  # the rest (weights, attention) fp32
+        sig = {n: "constexpr" if n in consts else (f"*{dtype}" if n in data else "*fp32")
+               if n.endswith("_ptr") else "i32" for n in fn.arg_names}
+        compiled = triton.compile(ASTSource(fn=fn, signature=sig, constexprs=consts),
+                                  target=GPUTarget("cuda", 90, 32))
+        assert compiled.asm["cubin"], fn.__name__
+
+
 # --------------------------------------------------------------------------- child cases
 B, K = 2, 3
 # (C, O, kernel, stride, padding, dilation, groups, H, W): the layer tests' geometries at

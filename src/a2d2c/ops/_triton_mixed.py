@@ -77,7 +77,7 @@ def _fwd(x_ptr, w_ptr, a_ptr, sin_ptr, sout_ptr, bias_ptr, y_ptr,
     oy = offs_m // WO
     ox = offs_m % WO
     o_abs = g * OG + offs_n
-    T: tl.constexpr = KH * KW
+    T = KH * KW
     R = CG * T
     acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
     for r0 in range(0, R, BLOCK_K):
@@ -141,7 +141,7 @@ def _bwd_input(gy_ptr, w_ptr, a_ptr, sin_ptr, sout_ptr, gx_ptr,
     iy = offs_m // W
     ix = offs_m % W
     c_abs = g * CG + offs_n
-    T: tl.constexpr = KH * KW
+    T = KH * KW
     R = OG * T
     acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
     for r0 in range(0, R, BLOCK_K):
@@ -198,7 +198,7 @@ def _bwd_kernel(gy_ptr, x_ptr, gk_ptr, H, W, HO, WO, CG, OG, G,
     pid_n = tl.program_id(2)
     b = pid_bg // G
     g = pid_bg % G
-    T: tl.constexpr = KH * KW
+    T = KH * KW
     R = CG * T
     offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)  # output channels of group g
     offs_n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)  # (c, t)

@@ -221,15 +221,25 @@ def _build(case: Case, variant: Variant) -> nn.Module:
 
 
 def _resolved_impls(module: nn.Module, x: Tensor, training: bool) -> str:
-    """What each A²D²C layer of ``module`` computes for ``x``, e.g. ``kernel:12 plus:4``."""
+    """What each dynamic layer of ``module`` computes for ``x``, e.g. ``kernel:12 plus:4``."""
     seen: list[str] = []
     hooks = []
 
-    def hook(mod: A2D2Conv2d, args: tuple) -> None:
-        seen.append(mod.resolve_impl(args[0].shape, training=training, device=args[0].device))
+    def hook(mod: nn.Module, args: tuple) -> None:
+        shape, device = args[0].shape, args[0].device
+        if isinstance(mod, A2D2Conv2d):
+            seen.append(mod.resolve_impl(shape, training=training, device=device))
+        elif mod.impl != "auto":
+            seen.append(mod.impl)
+        else:  # the baselines: the op's own choice (ODConv's coeff depends on the tap)
+            per_tap = getattr(mod, "spatial_fc", None) is not None
+            seen.append(auto_impl(shape, mod.weight.shape, per_tap, training=training,
+                                  device_type=device.type, stride=mod.stride,
+                                  padding=mod.padding, dilation=mod.dilation,
+                                  groups=mod.groups))
 
     for m in module.modules():
-        if isinstance(m, A2D2Conv2d):
+        if isinstance(m, _IMPL_LAYERS):
             hooks.append(m.register_forward_pre_hook(hook))
     if not hooks:
         return ""
