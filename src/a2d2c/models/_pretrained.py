@@ -24,7 +24,6 @@ import logging
 import os
 import re
 from pathlib import Path
-from typing import Any
 
 import torch
 from torch import Tensor, nn
@@ -45,16 +44,6 @@ TORCHVISION_WEIGHTS: dict[tuple[str, float], tuple[str, str]] = {
 
 class PretrainedError(ValueError):
     """Pretrained weights that cannot be found, read or fitted to the model."""
-
-
-def _strip(sd: dict[str, Any]) -> dict[str, Tensor]:
-    out = {}
-    for k, v in sd.items():
-        for prefix in ("module.", "_orig_mod."):
-            while k.startswith(prefix):
-                k = k[len(prefix):]
-        out[k] = v
-    return out
 
 
 def _weights_key(model: nn.Module) -> tuple[str, float]:
@@ -104,36 +93,19 @@ def _from_torchvision(model: nn.Module) -> dict[str, Tensor]:
 
 
 def _read_file(path: Path) -> dict[str, Tensor]:
-    from ..engine.checkpoint import FORMAT
+    """A weights file through the package's one checkpoint reader (engine checkpoints,
+    plain state_dicts, ``.safetensors``; prefixes cleaned), as a :class:`PretrainedError`."""
+    from ..engine.checkpoint import CheckpointError, read_weights
 
     if not path.is_file():
         raise PretrainedError(f"pretrained weights file not found: {path}")
-    if path.suffix == ".safetensors":
-        try:
-            from safetensors.torch import load_file
-        except ImportError as e:
-            raise PretrainedError("reading .safetensors needs the safetensors package") from e
-        try:
-            return _strip(load_file(str(path)))
-        except Exception as e:  # safetensors raises its own error types
-            raise PretrainedError(f"{path} is not a readable .safetensors file: {e}") from None
-    if path.suffix not in (".pth", ".pt", ".bin", ".ckpt"):
+    if path.suffix not in (".pth", ".pt", ".bin", ".ckpt", ".safetensors"):
         raise PretrainedError(f"pretrained file {path}: expected .pth, .pt or .safetensors")
     try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as e:  # corrupt file, pickled code
-        raise PretrainedError(f"{path} cannot be read as weights ({type(e).__name__}: "
-                              f"{str(e).splitlines()[0][:160]})") from None
-    if isinstance(state, dict) and state.get("format") == FORMAT:
-        state = state["model"]
-    elif isinstance(state, dict):
-        for key in ("state_dict", "model"):
-            if isinstance(state.get(key), dict):
-                state = state[key]
-                break
-    if not isinstance(state, dict) or not all(isinstance(v, Tensor) for v in state.values()):
-        raise PretrainedError(f"{path} holds no state_dict (a mapping of names to tensors)")
-    return _strip(state)
+        state, _ = read_weights(path)
+    except CheckpointError as e:
+        raise PretrainedError(f"{path} cannot be read as weights: {e}") from None
+    return state
 
 
 def _from_timm(name: str) -> dict[str, Tensor]:
@@ -146,7 +118,9 @@ def _from_timm(name: str) -> dict[str, Tensor]:
     except Exception as e:  # unknown name, no internet, no cached file
         raise PretrainedError(f"pretrained='timm:{name}': timm could not provide the weights "
                               f"({type(e).__name__}: {str(e)[:160]})") from None
-    return _strip(m.state_dict())
+    from ..engine.checkpoint import strip_prefixes
+
+    return strip_prefixes(m.state_dict())
 
 
 def resolve_state_dict(model: nn.Module, source: bool | str | os.PathLike) -> dict[str, Tensor]:
