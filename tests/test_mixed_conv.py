@@ -170,7 +170,11 @@ def test_auto_picks_an_exact_path_per_layer_type(layer_cls):
     with _ConvShapes() as seen:
         layer(x)
     plus_exact = layer_cls is not ODConv2d  # ODConv's spatial attention depends on the tap
-    assert seen.weights == [(4 * 128, 128, 3, 3) if plus_exact else (32 * 128, 128, 3, 3)]
+    if plus_exact:
+        assert seen.weights == [(4 * 128, 128, 3, 3)]
+    else:  # per-sample kernels, one grouped conv per batch chunk (CPU), 32 samples in all
+        assert all(w[0] % 128 == 0 and w[1:] == (128, 3, 3) for w in seen.weights)
+        assert sum(w[0] // 128 for w in seen.weights) == 32
     # large maps: the per-sample kernel form (B·O output channels, one grouped conv)
     x = torch.randn(2, 128, 32, 32)
     with torch.no_grad(), _ConvShapes() as seen:
@@ -181,3 +185,31 @@ def test_auto_picks_an_exact_path_per_layer_type(layer_cls):
                  output_size=(4, 4), num_kernels=4, training=True, device_type="cuda")
     assert choose_impl(**shape) == "plus"
     assert choose_impl(candidates=("kernel", "unfold"), **shape) != "plus"
+
+
+@pytest.mark.parametrize("impl", ["kernel", "unfold"])
+@pytest.mark.parametrize("coeff_shape,scales,bias_kind", [
+    ((5, K, O), "in+out", "KO"), ((1, K), "", "BO"), ((5, K, 3, 2), "out", "O")])
+def test_batch_chunks_match_the_oracle(monkeypatch, impl, coeff_shape, scales, bias_kind):
+    """On CPU the kernel/unfold paths run the batch in chunks (uneven here: 2, 2, 1)."""
+    import a2d2c.ops.mixed_conv as mc
+
+    torch.manual_seed(3)
+    b, g = 5, 2
+    x = torch.randn(b, C, 6, 5, dtype=D, requires_grad=True)
+    weight = torch.randn(K, O, C // g, 3, 2, dtype=D, requires_grad=True)
+    monkeypatch.setattr(mc, "CPU_KERNEL_CHUNK_BYTES", 2 * weight[0].numel() * 8)
+    assert [s.stop - s.start for s in mc._batch_chunks(x, weight)] == [2, 2, 1]
+    coeff = torch.rand(*coeff_shape, dtype=D, requires_grad=True)
+    bias = {"KO": (K, O), "BO": (b, O, 1, 1), "O": (O,)}[bias_kind]
+    bias = torch.randn(*bias, dtype=D, requires_grad=True)
+    s_in = torch.rand(b, C, dtype=D, requires_grad=True) if "in" in scales else None
+    s_out = torch.rand(b, O, dtype=D, requires_grad=True) if "out" in scales else None
+    args = dict(stride=(2, 1), padding=(1, 0), dilation=(1, 2), groups=g)
+    want = oracle(x, weight, coeff, bias, args["stride"], args["padding"], args["dilation"], g,
+                  s_in, s_out)
+    got = mixed_conv2d(x, weight, coeff, bias, **args, in_scale=s_in, out_scale=s_out, impl=impl)
+    torch.testing.assert_close(got, want)
+    tensors = (x, weight, coeff, bias, s_in, s_out)
+    for g_got, g_want in zip(_grads(got, tensors), _grads(want, tensors), strict=True):
+        torch.testing.assert_close(g_got, g_want)

@@ -226,6 +226,28 @@ def per_sample_conv(x: Tensor, kernels: Tensor, bias: Tensor | None, kernel_size
     return y.view(b, o, *_out_size((h, w), kernel_size, stride, padding, dilation))
 
 
+#: On CPU the kernel and unfold paths run the batch in chunks whose per-sample kernels
+#: take at most about this many bytes (at least one sample per chunk). With glibc's
+#: default allocator every temporary above its mmap threshold (at most 32 MiB) is
+#: mapped, page-faulted in and unmapped again on every call; kernels of a few MiB are
+#: reused from the heap and stay in cache between the mix and the convolution
+#: (docs/PERFORMANCE.md). CUDA's caching allocator has no such cost: no chunks there.
+CPU_KERNEL_CHUNK_BYTES = 16 << 20
+
+
+def _batch_chunks(x: Tensor, weight: Tensor) -> list[slice]:
+    """The batch slices the kernel/unfold paths run one after the other."""
+    b = x.shape[0]
+    if x.device.type != "cpu" or b <= 1:
+        return [slice(0, b)]
+    per_sample = weight[0].numel() * max(weight.element_size(), x.element_size())
+    n = max(1, CPU_KERNEL_CHUNK_BYTES // max(1, per_sample))
+    if n >= b:
+        return [slice(0, b)]
+    n = -(-b // -(-b // n))  # equal chunks: ceil(b / number of chunks)
+    return [slice(i, min(i + n, b)) for i in range(0, b, n)]
+
+
 def _composite(x, weight, a, in_scale, out_scale, bias_b, conf):
     """The kernel/unfold paths in plain differentiable ops (graph capture, torch.func,
     higher-order gradients)."""
@@ -258,14 +280,24 @@ class _MixedConv(torch.autograd.Function):
                                   None if bias_b is None else bias_b.to(cdt), conf)
         k, o, cg = weight.shape[:3]
         wdt = weight.dtype
-        kernels = mix_kernels(a.to(wdt), weight.reshape(k, o, cg, -1))
-        kernels = _scale_kernels(kernels, None if in_scale is None else in_scale.to(wdt),
-                                 None if out_scale is None else out_scale.to(wdt), groups)
-        with torch.autocast(x.device.type, enabled=False):
-            return per_sample_conv(x.to(cdt), kernels.to(cdt),
-                                   None if bias_b is None else bias_b.to(cdt),
-                                   tuple(weight.shape[3:]), stride, padding, dilation, groups,
-                                   method)
+        w_flat = weight.reshape(k, o, cg, -1)
+        out = None
+        for sl in _batch_chunks(x, weight):
+            kernels = mix_kernels(a[sl].to(wdt), w_flat)
+            kernels = _scale_kernels(kernels, None if in_scale is None else in_scale[sl].to(wdt),
+                                     None if out_scale is None else out_scale[sl].to(wdt),
+                                     groups)
+            with torch.autocast(x.device.type, enabled=False):
+                y = per_sample_conv(x[sl].to(cdt), kernels.to(cdt),
+                                    None if bias_b is None else bias_b[sl].to(cdt),
+                                    tuple(weight.shape[3:]), stride, padding, dilation, groups,
+                                    method)
+            if sl.stop - sl.start == x.shape[0]:
+                return y
+            if out is None:
+                out = y.new_empty((x.shape[0], *y.shape[1:]))
+            out[sl] = y
+        return out
 
     @staticmethod
     def setup_context(ctx, inputs, output):
@@ -299,6 +331,36 @@ def _composite_backward(conf, needs, grad_y, *inputs):
 
 
 def _kernel_backward(conf, needs, grad_y, x, weight, a, in_scale, out_scale, bias_b):
+    method = conf[4]
+    if method == "triton":
+        return _kernel_backward_chunk(conf, needs, grad_y, x, weight, a, in_scale, out_scale,
+                                      bias_b)
+    chunks = _batch_chunks(x, weight)
+    if len(chunks) == 1:
+        return _kernel_backward_chunk(conf, needs, grad_y, x, weight, a, in_scale, out_scale,
+                                      bias_b)
+    # Chunk by chunk (see _batch_chunks): the per-sample gradients are written into their
+    # slices, the base kernels' gradient is summed over the chunks.
+    b = x.shape[0]
+    per_sample = (x, a, in_scale, out_scale, bias_b)
+    outs: list = [None] * 6
+    for sl in chunks:
+        parts = [None if t is None else t[sl] for t in per_sample]
+        got = _kernel_backward_chunk(conf, needs, grad_y[sl], parts[0], weight, parts[1],
+                                     parts[2], parts[3], parts[4])
+        for i, g in enumerate(got):
+            if g is None:
+                continue
+            if i == 1:  # the base kernels: a sum over the samples
+                outs[1] = g if outs[1] is None else outs[1].add_(g)
+                continue
+            if outs[i] is None:
+                outs[i] = g.new_empty((b, *g.shape[1:]))
+            outs[i][sl] = g
+    return tuple(outs)
+
+
+def _kernel_backward_chunk(conf, needs, grad_y, x, weight, a, in_scale, out_scale, bias_b):
     stride, padding, dilation, groups, method, cdt = conf
     b, c, h, w = x.shape
     k, o, cg = weight.shape[:3]
