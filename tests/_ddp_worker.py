@@ -35,6 +35,24 @@ def main(out: Path) -> None:
     resumed = fit(split, resume=out / "split" / "last.pt")
     exact = part.global_step == 3 and all(
         torch.equal(v, resumed.model.state_dict()[k]) for k, v in sd.items())
+    # the recipe features under DDP: EMA, mixup + cutmix and gradient accumulation (4
+    # batches per epoch and rank = 2 optimizer steps), stopped after the first optimizer
+    # step (mid-epoch) and resumed: bitwise the uninterrupted run, raw and EMA weights
+    feats = {"data": {"val_samples": 15, "mixup_alpha": 0.4, "cutmix_alpha": 1.0},
+             "optim": {"accum_steps": 2}, "ema": {"decay": 0.9}}
+    full = fit(tiny_config(out / "feat", **feats))
+    fstop = StopRequest()
+    fpart = fit(tiny_config(out / "feat_split", **feats), stop=fstop,
+                on_step=lambda g: g == 1 and rank == 0 and fstop.request())
+    fres = fit(tiny_config(out / "feat_split", **feats), resume=out / "feat_split" / "last.pt")
+    ema_full = load_checkpoint(out / "feat" / "last.pt")["ema"]
+    ema_res = load_checkpoint(out / "feat_split" / "last.pt")["ema"]
+    feat_exact = fpart.status == "interrupted" and all(
+        torch.equal(v, fres.model.state_dict()[k]) for k, v in full.model.state_dict().items())
+    feat_exact = feat_exact and full.global_step == 4 and ema_full["calls"] == 4 and all(
+        torch.equal(v, ema_res["module"][k]) for k, v in ema_full["module"].items())
+    ema_moved = any(not torch.equal(ema_full["module"]["module." + k], v)
+                    for k, v in full.model.state_dict().items() if v.is_floating_point())
     ev = evaluate_checkpoint(out / "run" / "last.pt")
     evs = [None] * world
     dist.all_gather_object(evs, (ev["samples"], ev["top1"]))
@@ -49,6 +67,8 @@ def main(out: Path) -> None:
             "eval": evs,
             "final_val_top1": res.final_metrics["val_top1"],
             "resume_exact": exact,
+            "features_resume_exact": feat_exact,
+            "ema_differs_from_raw": ema_moved,
         }
         (out / "report.json").write_text(json.dumps(report))
     dist.barrier()

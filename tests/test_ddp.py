@@ -29,6 +29,8 @@ def test_torchrun_two_processes_on_cpu(tmp_path):
     assert report["saved_equals_rank0"]  # and what was saved is that model
     assert report["rng_streams_differ"]  # point sampling: seed + rank
     assert report["resume_exact"]  # stop after 3 steps + resume == uninterrupted
+    # EMA + mixup/cutmix + accumulation: resumed mid-epoch == uninterrupted, EMA included
+    assert report["features_resume_exact"] and report["ema_differs_from_raw"]
     # evaluation shards without padding and sums over ranks: all 15 images, once
     assert report["eval"] == [[15, report["eval"][0][1]]] * 2
     assert report["eval"][0][1] == report["final_val_top1"]

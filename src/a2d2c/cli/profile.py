@@ -4,7 +4,7 @@
     a2d2c profile resnet50 --variant v1
     a2d2c profile resnet18_a2d2c --input-size 3 32 32 --num-classes 100 --stem cifar
     a2d2c profile resnet18 --conv a2d2c --placement initial
-    a2d2c profile --paper [--markdown docs/PAPER_COUNTS.md] [--tables 4 5] [--no-madds]
+    a2d2c profile --paper [--markdown docs/paper_counts.md] [--tables 4 5] [--no-madds]
 
 The counting itself lives in :mod:`a2d2c.profiling`; this module only parses and prints.
 Model overrides default to ``None`` and are passed on only when given.

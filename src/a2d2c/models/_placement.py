@@ -143,7 +143,7 @@ def infer_sites(model: nn.Module) -> list[tuple[ConvSite, nn.Conv2d]]:
 # What "default" means for each conv type on each backbone ("resnet18", "resnet50",
 # "mobilenetv2"): (placement, default conv_kwargs, classifier), from each method's paper
 # and official code, checked against the published parameter counts (SPEC §3; the
-# paper's tables in docs/PAPER_COUNTS.md):
+# paper's tables in docs/paper_counts.md):
 # * ODConv (od_resnet.py / od_mobilenetv2.py): every conv of the residual blocks; in
 #   MobileNetV2 also the last 1×1 (44.90M / 90.67M / 4.44M, 7.50M, 11.51M).
 # * DynamicConv: every conv but the stem, shortcut projections included

@@ -16,7 +16,7 @@ __all__ = ["COST_CONSTANTS", "choose_impl", "estimate_costs"]
 # gradient, im2col, the plus form's mixing), in dense multiply-adds; ``batch1``: the kernel
 # and unfold forms' convolution at batch size 1 (a dense conv, but behind the per-sample
 # kernel's extra steps). CPU values were fitted to ``a2d2c bench --preset layers`` on 2
-# threads (docs/PERFORMANCE.md). CUDA values were fitted to ``a2d2c bench --device cuda
+# threads (docs/performance.md). CUDA values were fitted to ``a2d2c bench --device cuda
 # --dtype bf16 --preset issue6`` on an H200 (2026-11-28, benchmarks/results/): there the
 # plus form was the fastest in every case (cuDNN's dense convs are fast, its grouped
 # per-sample convs are not), and these constants make ``auto`` choose it wherever exact.

@@ -231,7 +231,7 @@ def per_sample_conv(x: Tensor, kernels: Tensor, bias: Tensor | None, kernel_size
 #: default allocator every temporary above its mmap threshold (at most 32 MiB) is
 #: mapped, page-faulted in and unmapped again on every call; kernels of a few MiB are
 #: reused from the heap and stay in cache between the mix and the convolution
-#: (docs/PERFORMANCE.md). CUDA's caching allocator has no such cost: no chunks there.
+#: (docs/performance.md). CUDA's caching allocator has no such cost: no chunks there.
 CPU_KERNEL_CHUNK_BYTES = 16 << 20
 
 
