@@ -213,3 +213,41 @@ def test_batch_chunks_match_the_oracle(monkeypatch, impl, coeff_shape, scales, b
     tensors = (x, weight, coeff, bias, s_in, s_out)
     for g_got, g_want in zip(_grads(got, tensors), _grads(want, tensors), strict=True):
         torch.testing.assert_close(g_got, g_want)
+
+
+def test_kernel_workspace_is_reused_and_never_aliases_an_output():
+    """The mixed kernels go into one reusable buffer per thread (CPU); outputs and
+    gradients of earlier calls must survive later calls, also from other threads."""
+    import threading
+
+    import a2d2c.ops.mixed_conv as mc
+
+    torch.manual_seed(4)
+    w1 = torch.randn(2, 6, 4, 3, 3)
+    buf_a = mc.kernel_workspace((3, 6, 4, 9), torch.float32, torch.device("cpu"))
+    buf_b = mc.kernel_workspace((2, 6, 4, 9), torch.float32, torch.device("cpu"))
+    assert buf_a.data_ptr() == buf_b.data_ptr()  # one buffer, reused
+    calls = [(torch.randn(3, 4, 7, 7), torch.rand(3, 2, 6)) for _ in range(3)]
+    outs = [mixed_conv2d(x, w1, a, padding=1, impl="kernel") for x, a in calls]
+    for (x, a), y in zip(calls, outs, strict=True):
+        torch.testing.assert_close(y, oracle(x.double(), w1.double(), a.double(), None,
+                                             (1, 1), (1, 1), (1, 1), 1, None, None).float())
+    errors: list[str] = []
+
+    def work(seed: int) -> None:
+        g = torch.Generator().manual_seed(seed)
+        for _ in range(20):
+            x = torch.randn(2, 4, 6, 6, generator=g)
+            a = torch.rand(2, 2, 6, generator=g)
+            y = mixed_conv2d(x, w1, a, padding=1, impl="kernel")
+            want = oracle(x.double(), w1.double(), a.double(), None, (1, 1), (1, 1), (1, 1), 1,
+                          None, None)
+            if not torch.allclose(y.double(), want, atol=1e-4, rtol=1e-4):
+                errors.append(f"thread {seed}: wrong output")
+
+    threads = [threading.Thread(target=work, args=(s,)) for s in range(3)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert not errors

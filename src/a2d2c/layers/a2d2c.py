@@ -54,6 +54,7 @@ from ..ops.mixed_conv import (
     _functorch_active,
     _is_tracing,
     compute_dtype,
+    kernel_workspace,
     mix_kernels,
     mix_responses,
     mixed_conv2d,
@@ -539,15 +540,16 @@ class A2D2Conv2d(TemperatureMixin, DynamicConvBase):
             patches = patches.reshape(b, n, -1)  # (B, N, m), m in the weight's (C, kh, kw) order
             weight = self.weight.reshape(k, o, self.weight.shape[2], -1)  # (K, O, C, T)
             m = weight.shape[2] * weight.shape[3]
-            kernels = torch.empty(b, o, *weight.shape[2:], dtype=self.weight.dtype,
-                                  device=x.device)
+            kernels = kernel_workspace((b, o, *weight.shape[2:]), self.weight.dtype,
+                                       x.device)
             pi = torch.empty(b, k, o, dtype=acc, device=x.device)
             cols = patches.reshape(b * n, m).t()  # (m, B·N)
             step = max(1, block_bytes // max(1, k * m * weight.element_size()))
             for start in range(0, o, step):
                 stop = min(o, start + step)
                 w_blk = weight[:, start:stop]  # (K, Ob, C, T)
-                pbar = torch.matmul(w_blk.reshape(k * (stop - start), m).to(acc), cols)
+                # (K, Ob, m) is a strided view of the bank (no copy of the K weight rows)
+                pbar = torch.matmul(w_blk.flatten(2).to(acc), cols)  # (K, Ob, B·N)
                 pbar = pbar.view(k, stop - start, b, n).permute(2, 3, 0, 1)  # (B, N, K, Ob)
                 if self.bias is not None:
                     pbar = pbar + self.bias[:, start:stop].to(acc)

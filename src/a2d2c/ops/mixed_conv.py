@@ -44,6 +44,8 @@ parameters' dtype, in forward and backward alike.
 
 from __future__ import annotations
 
+import math
+import threading
 from collections.abc import Sequence
 from typing import NamedTuple
 
@@ -226,6 +228,33 @@ def per_sample_conv(x: Tensor, kernels: Tensor, bias: Tensor | None, kernel_size
     return y.view(b, o, *_out_size((h, w), kernel_size, stride, padding, dilation))
 
 
+#: On CPU the mixed kernels of one call (one batch chunk) go into one reusable buffer per
+#: thread, up to this many bytes: the layers run one after the other, and a fresh
+#: allocation of that size is mapped and faulted in by glibc on every call (at batch 1
+#: that costs about as much as the mix itself). The buffer is kept for the thread's life.
+CPU_WORKSPACE_BYTES = 32 << 20
+_WORKSPACE = threading.local()
+
+
+def kernel_workspace(shape: Sequence[int], dtype: torch.dtype, device: torch.device
+                     ) -> Tensor:
+    """An uninitialised ``shape`` tensor for the mixed kernels of one call.
+
+    On CPU, up to :data:`CPU_WORKSPACE_BYTES`, a view of this thread's reusable buffer:
+    valid until the next call that asks for a workspace (never keep it past the call).
+    """
+    shape = tuple(int(v) for v in shape)
+    numel = math.prod(shape)
+    if (device.type != "cpu" or numel * dtype.itemsize > CPU_WORKSPACE_BYTES
+            or _is_tracing() or _functorch_active()):
+        return torch.empty(shape, dtype=dtype, device=device)
+    buf = getattr(_WORKSPACE, "buf", None)
+    if buf is None or buf.dtype != dtype or buf.numel() < numel:
+        buf = torch.empty(numel, dtype=dtype)
+        _WORKSPACE.buf = buf
+    return buf[:numel].view(shape)
+
+
 #: On CPU the kernel and unfold paths run the batch in chunks whose per-sample kernels
 #: take at most about this many bytes (at least one sample per chunk). With glibc's
 #: default allocator every temporary above its mmap threshold (at most 32 MiB) is
@@ -283,7 +312,10 @@ class _MixedConv(torch.autograd.Function):
         w_flat = weight.reshape(k, o, cg, -1)
         out = None
         for sl in _batch_chunks(x, weight):
-            kernels = mix_kernels(a[sl].to(wdt), w_flat)
+            av = a[sl].to(wdt)
+            kernels = mix_kernels(av, w_flat, out=kernel_workspace(
+                (av.shape[0], *w_flat.shape[1:]), torch.promote_types(av.dtype, wdt),
+                x.device))
             kernels = _scale_kernels(kernels, None if in_scale is None else in_scale[sl].to(wdt),
                                      None if out_scale is None else out_scale[sl].to(wdt),
                                      groups)
@@ -371,7 +403,8 @@ def _kernel_backward_chunk(conf, needs, grad_y, x, weight, a, in_scale, out_scal
     a_w = a.to(wdt)
     s_in = None if in_scale is None else in_scale.to(wdt)
     s_out = None if out_scale is None else out_scale.to(wdt)
-    mixed = mix_kernels(a_w, w_flat)  # recomputed, never saved
+    mixed = mix_kernels(a_w, w_flat, out=kernel_workspace(  # recomputed, never saved
+        (b, *w_flat.shape[1:]), torch.promote_types(a_w.dtype, wdt), x.device))
     need_x = needs[0]
     with torch.autocast(x.device.type, enabled=False):
         if method == "triton":
