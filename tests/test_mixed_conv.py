@@ -251,3 +251,24 @@ def test_kernel_workspace_is_reused_and_never_aliases_an_output():
     for t in threads:
         t.join()
     assert not errors
+
+
+def test_workspace_survives_inference_mode_then_training():
+    """The workspace first allocated under inference_mode is still writable in training."""
+    import a2d2c.ops.mixed_conv as mc
+    from a2d2c import A2D2Conv2d
+
+    mc._WORKSPACE.__dict__.pop("buf", None)  # this thread's first workspace is made below
+    layer = A2D2Conv2d(8, 8, 3, padding=1, impl="kernel")
+    x = torch.randn(2, 8, 10, 10)
+    with torch.inference_mode():
+        layer.eval()(x)
+    layer.train()
+    xg = x.clone().requires_grad_()
+    layer(xg).sum().backward()
+    assert xg.grad is not None and torch.isfinite(xg.grad).all()
+    with torch.inference_mode():
+        got = mixed_conv2d(x, torch.ones(2, 3, 8, 3, 3), torch.full((2, 2), 0.5), padding=1,
+                           impl="kernel")
+        want = torch.nn.functional.conv2d(x, torch.ones(3, 8, 3, 3), padding=1)
+        torch.testing.assert_close(got, want)

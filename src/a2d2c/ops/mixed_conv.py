@@ -250,7 +250,10 @@ def kernel_workspace(shape: Sequence[int], dtype: torch.dtype, device: torch.dev
         return torch.empty(shape, dtype=dtype, device=device)
     buf = getattr(_WORKSPACE, "buf", None)
     if buf is None or buf.dtype != dtype or buf.numel() < numel:
-        buf = torch.empty(numel, dtype=dtype)
+        # a normal tensor even when first asked for under inference_mode: an inference
+        # tensor could not be written by a later training step
+        with torch.inference_mode(False):
+            buf = torch.empty(numel, dtype=dtype)
         _WORKSPACE.buf = buf
     return buf[:numel].view(shape)
 
