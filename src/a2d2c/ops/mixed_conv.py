@@ -258,6 +258,12 @@ def kernel_workspace(shape: Sequence[int], dtype: torch.dtype, device: torch.dev
     return buf[:numel].view(shape)
 
 
+def _mix_in_workspace(a: Tensor, w_flat: Tensor) -> Tensor:
+    """:func:`mix_kernels` of ``a`` (in the weight's dtype) into :func:`kernel_workspace`."""
+    return mix_kernels(a, w_flat, out=kernel_workspace((a.shape[0], *w_flat.shape[1:]),
+                                                       w_flat.dtype, w_flat.device))
+
+
 #: On CPU the kernel and unfold paths run the batch in chunks whose per-sample kernels
 #: take at most about this many bytes (at least one sample per chunk). With glibc's
 #: default allocator every temporary above its mmap threshold (at most 32 MiB) is
@@ -315,10 +321,7 @@ class _MixedConv(torch.autograd.Function):
         w_flat = weight.reshape(k, o, cg, -1)
         out = None
         for sl in _batch_chunks(x, weight):
-            av = a[sl].to(wdt)
-            kernels = mix_kernels(av, w_flat, out=kernel_workspace(
-                (av.shape[0], *w_flat.shape[1:]), torch.promote_types(av.dtype, wdt),
-                x.device))
+            kernels = _mix_in_workspace(a[sl].to(wdt), w_flat)
             kernels = _scale_kernels(kernels, None if in_scale is None else in_scale[sl].to(wdt),
                                      None if out_scale is None else out_scale[sl].to(wdt),
                                      groups)
@@ -366,11 +369,8 @@ def _composite_backward(conf, needs, grad_y, *inputs):
 
 
 def _kernel_backward(conf, needs, grad_y, x, weight, a, in_scale, out_scale, bias_b):
-    method = conf[4]
-    if method == "triton":
-        return _kernel_backward_chunk(conf, needs, grad_y, x, weight, a, in_scale, out_scale,
-                                      bias_b)
-    chunks = _batch_chunks(x, weight)
+    # the Triton kernels take the whole batch; the torch paths run in chunks on CPU
+    chunks = [slice(0, x.shape[0])] if conf[4] == "triton" else _batch_chunks(x, weight)
     if len(chunks) == 1:
         return _kernel_backward_chunk(conf, needs, grad_y, x, weight, a, in_scale, out_scale,
                                       bias_b)
@@ -406,8 +406,7 @@ def _kernel_backward_chunk(conf, needs, grad_y, x, weight, a, in_scale, out_scal
     a_w = a.to(wdt)
     s_in = None if in_scale is None else in_scale.to(wdt)
     s_out = None if out_scale is None else out_scale.to(wdt)
-    mixed = mix_kernels(a_w, w_flat, out=kernel_workspace(  # recomputed, never saved
-        (b, *w_flat.shape[1:]), torch.promote_types(a_w.dtype, wdt), x.device))
+    mixed = _mix_in_workspace(a_w, w_flat)  # recomputed, never saved
     need_x = needs[0]
     with torch.autocast(x.device.type, enabled=False):
         if method == "triton":
