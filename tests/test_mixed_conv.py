@@ -215,6 +215,56 @@ def test_batch_chunks_match_the_oracle(monkeypatch, impl, coeff_shape, scales, b
         torch.testing.assert_close(g_got, g_want)
 
 
+@pytest.mark.parametrize("coeff_shape,scales,bias_kind", [
+    ((4, K, 5), "in+out", "KO"), ((1, K), "", "BO"), ((4, K, 3, 2), "out", "O"),
+    ((4, K, 5, 3, 2), "in", "BO"), ((4, K, 1), "in+out", "KO")])
+def test_output_channel_blocks_match_the_oracle(monkeypatch, coeff_shape, scales, bias_kind):
+    """On CPU the unfold path runs small maps by blocks of output channels (uneven: 2, 2, 1
+    of O = 5); every gradient, summed over the blocks or written per block, matches the loop."""
+    import a2d2c.ops.mixed_conv as mc
+
+    torch.manual_seed(5)
+    b = 4
+    x = torch.randn(b, C, 5, 4, dtype=D, requires_grad=True)
+    weight = torch.randn(K, 5, C, 3, 2, dtype=D, requires_grad=True)
+    monkeypatch.setattr(mc, "CPU_KERNEL_CHUNK_BYTES", 2 * b * weight[0, 0].numel() * 8)
+    monkeypatch.setattr(mc, "CPU_MIN_BLOCK_CHANNELS", 1)
+    args = dict(stride=(2, 1), padding=(1, 0), dilation=(1, 2), groups=1)
+    ho, wo = mc._out_size((5, 4), (3, 2), args["stride"], args["padding"], args["dilation"])
+    blocks = mc._out_blocks(x, weight, 1, "unfold", ho * wo)
+    assert [s.stop - s.start for s in blocks] == [2, 2, 1]
+    assert mc._out_blocks(x, weight, 1, "kernel", ho * wo) is None  # the grouped conv: batch
+    coeff = torch.rand(*coeff_shape, dtype=D, requires_grad=True)
+    bias = {"KO": (K, 5), "BO": (b, 5, 1, 1), "O": (5,)}[bias_kind]
+    bias = torch.randn(*bias, dtype=D, requires_grad=True)
+    s_in = torch.rand(b, C, dtype=D, requires_grad=True) if "in" in scales else None
+    s_out = torch.rand(b, 5, dtype=D, requires_grad=True) if "out" in scales else None
+    want = oracle(x, weight, coeff, bias, args["stride"], args["padding"], args["dilation"], 1,
+                  s_in, s_out)
+    got = mixed_conv2d(x, weight, coeff, bias, **args, in_scale=s_in, out_scale=s_out,
+                       impl="unfold")
+    torch.testing.assert_close(got, want)
+    tensors = (x, weight, coeff, bias, s_in, s_out)
+    for g_got, g_want in zip(_grads(got, tensors), _grads(want, tensors), strict=True):
+        torch.testing.assert_close(g_got, g_want)
+
+
+def test_output_channel_blocks_only_where_they_pay():
+    """The plan follows the traffic rule: small maps and wide layers get blocks, large maps
+    batch chunks; grouped layers and a single sample never get blocks."""
+    import a2d2c.ops.mixed_conv as mc
+
+    w = torch.empty(4, 512, 512, 3, 3)
+    small = torch.empty(32, 512, 4, 4)
+    blocks = mc._out_blocks(small, w, 1, "unfold", 16)
+    assert blocks is not None and sum(s.stop - s.start for s in blocks) == 512
+    assert min(s.stop - s.start for s in blocks) >= mc.CPU_MIN_BLOCK_CHANNELS
+    assert mc._out_blocks(torch.empty(32, 512, 32, 32), w, 1, "unfold", 1024) is None
+    assert mc._out_blocks(small[:1], w, 1, "unfold", 16) is None
+    wg = torch.empty(4, 512, 256, 3, 3)
+    assert mc._out_blocks(small, wg, 2, "unfold", 16) is None
+
+
 def test_kernel_workspace_is_reused_and_never_aliases_an_output():
     """The mixed kernels go into one reusable buffer per thread (CPU); outputs and
     gradients of earlier calls must survive later calls, also from other threads."""

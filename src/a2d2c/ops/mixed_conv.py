@@ -286,6 +286,38 @@ def _batch_chunks(x: Tensor, weight: Tensor) -> list[slice]:
     return [slice(i, min(i + n, b)) for i in range(0, b, n)]
 
 
+#: The fewest output channels an output-channel block of the unfold path may hold (below
+#: that its per-sample GEMMs are too narrow to pay; batch chunks are used instead).
+CPU_MIN_BLOCK_CHANNELS = 16
+
+
+def _out_blocks(x: Tensor, weight: Tensor, groups: int, method: str,
+                length: int) -> list[slice] | None:
+    """Output-channel blocks for the unfold path on CPU, or ``None`` (batch chunks).
+
+    Batch chunks read the ``K`` base kernels again for every chunk (the mix, its
+    recomputation, both contractions: about 7 passes over ``K·O·m`` values), output-channel
+    blocks read the input's im2col columns again for every block (the forward GEMM and the
+    two backward GEMMs: 3 passes over ``B·m·L``). With the same number of pieces, blocks
+    win where ``3·B·L < 7·K·O``: small maps and wide layers, e.g. a CIFAR ResNet-18's last
+    stage (512 channels, 4², batch 32: 20× static in batch chunks of one sample, 3.8× in
+    blocks, against 4-5× for the plus form; docs/performance.md). ``groups=1`` only.
+    """
+    b = x.shape[0]
+    if method != "unfold" or x.device.type != "cpu" or groups != 1 or b <= 1:
+        return None
+    k, o = weight.shape[:2]
+    m = weight[0, 0].numel()
+    per_row = b * m * max(weight.element_size(), x.element_size())  # one output channel
+    if per_row * o <= CPU_KERNEL_CHUNK_BYTES or 3 * b * length >= 7 * k * o:
+        return None
+    n = CPU_KERNEL_CHUNK_BYTES // per_row
+    if n < CPU_MIN_BLOCK_CHANNELS:
+        return None
+    n = -(-o // -(-o // n))  # equal blocks
+    return [slice(i, min(i + n, o)) for i in range(0, o, n)]
+
+
 def _composite(x, weight, a, in_scale, out_scale, bias_b, conf):
     """The kernel/unfold paths in plain differentiable ops (graph capture, torch.func,
     higher-order gradients)."""
@@ -319,6 +351,12 @@ class _MixedConv(torch.autograd.Function):
         k, o, cg = weight.shape[:3]
         wdt = weight.dtype
         w_flat = weight.reshape(k, o, cg, -1)
+        ksize = tuple(weight.shape[3:])
+        ho, wo = _out_size(x.shape[2:], ksize, stride, padding, dilation)
+        blocks = _out_blocks(x, weight, groups, method, ho * wo)
+        if blocks is not None:
+            return _unfold_blocked_forward(x, w_flat, a, in_scale, out_scale, bias_b, conf,
+                                           blocks, ksize, (ho, wo))
         out = None
         for sl in _batch_chunks(x, weight):
             kernels = _mix_in_workspace(a[sl].to(wdt), w_flat)
@@ -369,8 +407,15 @@ def _composite_backward(conf, needs, grad_y, *inputs):
 
 
 def _kernel_backward(conf, needs, grad_y, x, weight, a, in_scale, out_scale, bias_b):
+    stride, padding, dilation, groups, method = conf[:5]
+    if method == "unfold":
+        ho, wo = _out_size(x.shape[2:], tuple(weight.shape[3:]), stride, padding, dilation)
+        blocks = _out_blocks(x, weight, groups, method, ho * wo)
+        if blocks is not None:
+            return _unfold_blocked_backward(conf, needs, grad_y, x, weight, a, in_scale,
+                                            out_scale, bias_b, blocks)
     # the Triton kernels take the whole batch; the torch paths run in chunks on CPU
-    chunks = [slice(0, x.shape[0])] if conf[4] == "triton" else _batch_chunks(x, weight)
+    chunks = [slice(0, x.shape[0])] if method == "triton" else _batch_chunks(x, weight)
     if len(chunks) == 1:
         return _kernel_backward_chunk(conf, needs, grad_y, x, weight, a, in_scale, out_scale,
                                       bias_b)
@@ -449,6 +494,93 @@ def _kernel_backward_chunk(conf, needs, grad_y, x, weight, a, in_scale, out_scal
             None if grad_in is None else grad_in.to(in_scale.dtype),
             None if grad_out is None else grad_out.to(out_scale.dtype),
             grad_bias)
+
+
+def _block_args(a: Tensor, w_flat: Tensor, out_scale: Tensor | None, blk: slice):
+    """The coefficients, base kernels and output scale of one block of output channels."""
+    return (a[:, :, blk] if a.shape[2] > 1 else a, w_flat[:, blk],
+            None if out_scale is None else out_scale[:, blk])
+
+
+def _unfold_blocked_forward(x, w_flat, a, in_scale, out_scale, bias_b, conf, blocks, ksize,
+                            out_hw):
+    """The unfold path by blocks of output channels (see :func:`_out_blocks`): im2col once,
+    then per block the block's mixed kernels (in the workspace) and one batched GEMM."""
+    stride, padding, dilation, groups, _method, cdt = conf
+    b = x.shape[0]
+    wdt = w_flat.dtype
+    with torch.autocast(x.device.type, enabled=False):
+        cols = F.unfold(x.to(cdt), ksize, dilation=dilation, padding=padding, stride=stride)
+        y = cols.new_empty(b, w_flat.shape[1], cols.shape[-1])
+        s_in = None if in_scale is None else in_scale.to(wdt)
+        for blk in blocks:
+            a_b, w_b, s_out_b = _block_args(a, w_flat, out_scale, blk)
+            kernels = _scale_kernels(_mix_in_workspace(a_b.to(wdt), w_b), s_in,
+                                     None if s_out_b is None else s_out_b.to(wdt), groups)
+            y[:, blk] = torch.bmm(kernels.to(cdt).view(b, kernels.shape[1], -1), cols)
+        if bias_b is not None:
+            y += bias_b.to(cdt).unsqueeze(-1)
+    return y.view(b, -1, *out_hw)
+
+
+def _unfold_blocked_backward(conf, needs, grad_y, x, weight, a, in_scale, out_scale, bias_b,
+                             blocks):
+    """Backward of :func:`_unfold_blocked_forward`, block by block: the input's columns
+    gradient is summed over the blocks (one col2im at the end), every other gradient is
+    written into its block (or summed over the blocks where it is shared by them)."""
+    stride, padding, dilation, groups, _method, cdt = conf
+    b, c, h, w = x.shape
+    k, o, cg = weight.shape[:3]
+    ksize = tuple(weight.shape[3:])
+    wdt = weight.dtype
+    w_flat = weight.reshape(k, o, cg, -1)
+    s_in = None if in_scale is None else in_scale.to(wdt)
+    s_out = None if out_scale is None else out_scale.to(wdt)
+    with torch.autocast(x.device.type, enabled=False):
+        cols = F.unfold(x.to(cdt), ksize, dilation=dilation, padding=padding, stride=stride)
+        gy = grad_y.reshape(b, o, cols.shape[-1]).to(cdt)
+        grad_cols = torch.zeros_like(cols) if needs[0] else None
+        grad_w = torch.empty_like(w_flat) if needs[1] else None
+        shared_a = a.shape[2] == 1  # one coefficient for every output channel: sum blocks
+        grad_a = None
+        if needs[2]:
+            grad_a = (torch.zeros if shared_a else torch.empty)(a.shape, dtype=a.dtype)
+        grad_in = torch.zeros(b, c, dtype=in_scale.dtype) if (
+            in_scale is not None and needs[3]) else None
+        grad_out = torch.empty(b, o, dtype=out_scale.dtype) if (
+            out_scale is not None and needs[4]) else None
+        for blk in blocks:
+            a_b, w_b, s_out_b = _block_args(a, w_flat, s_out, blk)
+            mixed = _mix_in_workspace(a_b.to(wdt), w_b)  # recomputed, never saved
+            n = mixed.shape[1]
+            gy_b = gy[:, blk]
+            grad_kernels = torch.bmm(gy_b, cols.transpose(1, 2))  # (B, n, m)
+            if grad_cols is not None:
+                kernels = _scale_kernels(mixed, s_in, s_out_b, groups)
+                grad_cols.baddbmm_(kernels.to(cdt).view(b, n, -1).transpose(1, 2), gy_b)
+            gw, ga, gin, gout = _kernel_space_grads(
+                grad_kernels.view(b, n, cg, -1).to(wdt), mixed, w_b, a_b, s_in, s_out_b,
+                groups, needs)
+            if gw is not None:
+                grad_w[:, blk] = gw.reshape(k, n, cg, -1)
+            if ga is not None:
+                if shared_a:
+                    grad_a += ga.to(a.dtype)
+                else:
+                    grad_a[:, :, blk] = ga
+            if gin is not None:
+                grad_in += gin.to(in_scale.dtype)
+            if gout is not None:
+                grad_out[:, blk] = gout
+        grad_x = None
+        if grad_cols is not None:
+            grad_x = F.fold(grad_cols, (h, w), ksize, dilation=dilation, padding=padding,
+                            stride=stride).to(x.dtype)
+    grad_bias = None
+    if bias_b is not None and needs[5]:
+        grad_bias = grad_y.sum((2, 3)).to(bias_b.dtype)
+    return (grad_x, None if grad_w is None else grad_w.reshape(weight.shape), grad_a, grad_in,
+            grad_out, grad_bias)
 
 
 def _kernel_space_grads(gk: Tensor, mixed: Tensor, w_flat: Tensor, a: Tensor,
