@@ -103,6 +103,26 @@ def test_auto_matches_oracle(coeff_name):
     _check("auto", coeff_name, "strided", "BO", "in+out")
 
 
+@pytest.mark.parametrize("context", ["no_grad", "inference_mode", "no_requires_grad"])
+@pytest.mark.parametrize("impl", ["kernel", "unfold"])
+def test_without_gradients_matches_oracle(impl, context):
+    """The gradient-free route (no autograd.Function) gives the oracle and no graph."""
+    x, weight, coeff, bias, s_in, s_out, args = _make("BKO", "strided", "KO", "in+out")
+    want = oracle(x, weight, coeff, bias, args["stride"], args["padding"], args["dilation"],
+                  args["groups"], s_in, s_out).detach()
+    tensors = [t.detach() for t in (x, weight, coeff, bias, s_in, s_out)]
+    if context == "no_requires_grad":
+        got = mixed_conv2d(*tensors[:4], **args, in_scale=tensors[4], out_scale=tensors[5],
+                           impl=impl)
+    else:
+        mode = torch.no_grad() if context == "no_grad" else torch.inference_mode()
+        with mode:
+            got = mixed_conv2d(x, weight, coeff, bias, **args, in_scale=s_in, out_scale=s_out,
+                               impl=impl)
+    assert got.grad_fn is None and not got.requires_grad
+    torch.testing.assert_close(got, want)
+
+
 def test_plus_rejects_tap_dependent_coefficients():
     x, weight, coeff, *_ = _make("BKkk", "plain", "none", "")
     with pytest.raises(ValueError, match="impl='plus' is exact only"):
