@@ -15,57 +15,108 @@ __all__ = ["COST_CONSTANTS", "choose_impl", "estimate_costs"]
 # to a dense one; ``touch``: time of one memory-bound element pass (the kernel mix, its
 # gradient, im2col, the plus form's mixing), in dense multiply-adds; ``batch1``: the kernel
 # and unfold forms' convolution at batch size 1 (a dense conv, but behind the per-sample
-# kernel's extra steps). CPU values were fitted to ``a2d2c bench --preset layers`` on 2
-# threads (docs/performance.md). CUDA values were fitted to ``a2d2c bench --device cuda
-# --dtype bf16 --preset issue6`` on an H200 (2026-11-28, benchmarks/results/): there the
-# plus form was the fastest in every case (cuDNN's dense convs are fast, its grouped
-# per-sample convs are not), and these constants make ``auto`` choose it wherever exact.
+# kernel's extra steps); ``reuse``: the share of the kernel mix that is paid again by every
+# sample — the rest (reading the K base kernels) is paid once per group of samples mixed
+# together (a batch chunk on CPU, an output-channel block's whole batch, the whole batch
+# on CUDA); ``call_kernel``/``call_unfold``/``call_plus``: each path's fixed cost per
+# call (its launches, in dense multiply-adds; doubled in training), spread over the batch;
+# ``call_descriptor``: the same for A²D²C's attention descriptor, which the kernel and
+# unfold paths compute from the input (patch means, then the K base kernels) and the plus
+# form reads off its K responses.
+# CPU values: see ``scripts/fit_cost_model.py`` and docs/performance.md for the grid they
+# were fitted to. CUDA values were fitted to ``a2d2c bench --device cuda --dtype bf16
+# --preset issue6`` on an H200 (2026-11-28, benchmarks/results/): there the plus form was
+# the fastest in every case (cuDNN's dense convs are fast, its grouped per-sample convs are
+# not), and these constants make ``auto`` choose it wherever exact.
 COST_CONSTANTS: dict[str, dict[str, float]] = {
-    "cpu": {"dense": 1.0, "grouped": 1.3, "unfold": 1.5, "touch": 16.0, "batch1": 1.0},
-    "cuda": {"dense": 1.0, "grouped": 8.0, "unfold": 6.0, "touch": 64.0, "batch1": 8.0},
+    "cpu": {"dense": 1.0, "grouped": 1.3, "unfold": 1.5, "touch": 16.0, "batch1": 1.0,
+            "reuse": 1.0, "call_kernel": 0.0, "call_unfold": 0.0, "call_plus": 0.0,
+            "call_descriptor": 0.0},
+    "cuda": {"dense": 1.0, "grouped": 8.0, "unfold": 6.0, "touch": 64.0, "batch1": 8.0,
+             "reuse": 1.0, "call_kernel": 0.0, "call_unfold": 0.0, "call_plus": 0.0,
+             "call_descriptor": 0.0},
 }
+
+#: Bytes per element the CPU chunk and block plans are modelled with (fp32).
+_ELEM_BYTES = 4
 
 
 def estimate_costs(*, batch: int | None, in_channels: int, out_channels: int,
                    kernel_size: Sequence[int], groups: int, output_size: Sequence[int],
-                   num_kernels: int, training: bool, device_type: str = "cpu"
-                   ) -> dict[str, float]:
+                   num_kernels: int, training: bool, device_type: str = "cpu",
+                   descriptor: bool = False) -> dict[str, float]:
     """Modelled cost per sample of the three exact CPU/torch paths of a mixed convolution.
 
     With ``L = H'·W'``, ``m = C/g·kh·kw``, the convolution's ``conv = O·m·L``
     multiply-adds, the per-sample kernel of ``O·m`` values, ``K·O·L`` plus-form feature
     values and ``C·kh·kw·L`` im2col values (constants ``COST_CONSTANTS[device_type]``:
-    ``γ_dense, γ_grouped, γ_unfold`` and ``t``, the cost of one memory-bound element pass):
+    ``γ_dense, γ_grouped, γ_unfold``, ``t``, the cost of one memory-bound element pass,
+    ``ρ`` (``reuse``) and the fixed costs per call ``F_path``):
 
-    * ``kernel`` (grouped conv): ``p·γ_grouped·conv + t·K·O·m·(1 or 4 + 2/K)`` — ``p``
-      is 1 for inference and 3 for training (forward, input and weight gradients); the
-      mix is formed once in inference, and in training formed, re-formed in backward,
-      contracted twice with the kernel gradient (``4K`` passes) plus a transpose. At
+    * ``kernel`` (grouped conv): ``p·γ_grouped·conv + mix + f·F_kernel/B`` — ``p`` is 1
+      for inference and 3 for training (forward, input and weight gradients), ``f`` 1 or
+      2. ``mix = t·K·O·m·q·(ρ + (1-ρ)/n)``: ``q = 1`` in inference (formed once), and in
+      training ``4 + 2/K`` (formed, re-formed in backward, contracted twice with the kernel
+      gradient, a transpose); ``n`` samples share one read of the base kernels (the batch
+      chunk on CPU, see :func:`a2d2c.ops.mixed_conv.chunk_samples`; the batch on CUDA). At
       ``batch == 1`` the grouped convolution is a dense one (``γ_batch1``).
     * ``unfold`` (im2col + GEMM): as ``kernel`` with ``γ_unfold``, plus ``t·C·kh·kw·L``
-      for im2col (three passes in training: im2col, its recomputation, col2im).
-    * ``plus``: ``p·γ_dense·K·conv + t·K·O·L·(2 or 6)`` (mixing the K responses; in
-      training also their gradient and the saved product).
+      for im2col (three passes in training: im2col, its recomputation, col2im). Where the
+      CPU path runs in output-channel blocks (:func:`a2d2c.ops.mixed_conv.block_channels`)
+      ``n`` is the batch and every further block reads the columns again (``p`` passes).
+    * ``plus``: ``p·γ_dense·K·conv + t·K·O·L·(2 or 6) + f·F_plus/B`` (mixing the K
+      responses; in training also their gradient and the saved product).
 
-    ``batch=None`` means "any batch size" (no batch-1 special case), as used while tracing.
+    ``descriptor=True`` (A²D²C) adds to ``kernel`` and ``unfold`` the attention descriptor
+    they compute from the input: ``p·t·C·kh·L`` (the patch means: ``kh`` strided row sums)
+    plus ``p·K·O·m`` (their product with the base kernels, a GEMM) plus ``f·F_descriptor/B``.
+
+    ``batch=None`` means "any batch size" (no batch-1 case, no fixed cost, no blocks), as
+    used while tracing.
     """
+    from .mixed_conv import block_channels, chunk_samples  # the op's own CPU plans
+
     if device_type not in COST_CONSTANTS:
         device_type = "cuda"  # other accelerators: GPU-like balance
     const = COST_CONSTANTS[device_type]
+    k, o = num_kernels, out_channels
     kh, kw = kernel_size
     length = int(output_size[0]) * int(output_size[1])
     m = in_channels // groups * kh * kw
-    conv = out_channels * m * length
+    conv = o * m * length
     passes = 3.0 if training else 1.0
-    mix = const["touch"] * num_kernels * out_channels * m * ((4.0 + 2.0 / num_kernels)
-                                                             if training else 1.0)
+    calls = (2.0 if training else 1.0) / batch if batch else 0.0
+    big = batch if batch else 1 << 30  # "any batch size": as for a large batch
+    if device_type == "cpu":
+        n_chunk = chunk_samples(big, o * m * _ELEM_BYTES)
+        per_block = None if (groups != 1 or not batch) else block_channels(
+            batch, k, o, m, length, _ELEM_BYTES)
+    else:
+        n_chunk, per_block = big, None
+    rho = const["reuse"]
+
+    def mix(n: int) -> float:
+        q = (4.0 + 2.0 / k) if training else 1.0
+        return const["touch"] * k * o * m * q * (rho + (1.0 - rho) / n)
+
     gamma_grouped = const["batch1"] if batch == 1 else const["grouped"]
     cols = const["touch"] * in_channels * kh * kw * length * passes
+    if per_block is None:
+        unfold_mix = mix(n_chunk)
+    else:
+        unfold_mix = mix(big) + cols * (-(-o // per_block) - 1)  # columns re-read per block
+    desc = 0.0
+    if descriptor:
+        desc = (const["touch"] * in_channels * kh * length * passes  # kh strided row sums
+                + passes * k * o * m + calls * const["call_descriptor"])
     return {
-        "kernel": passes * gamma_grouped * conv + mix,
-        "unfold": passes * const["unfold"] * conv + mix + cols,
-        "plus": passes * const["dense"] * num_kernels * conv
-        + const["touch"] * num_kernels * out_channels * length * (6.0 if training else 2.0),
+        "kernel": passes * gamma_grouped * conv + mix(n_chunk) + desc
+        + calls * const["call_kernel"],
+        "unfold": passes * const["unfold"] * conv + unfold_mix + cols + desc
+        + calls * const["call_unfold"],
+        "plus": passes * const["dense"] * k * conv
+        + const["touch"] * k * o * length * (6.0 if training else 2.0)
+        + calls * const["call_plus"],
     }
 
 

@@ -273,16 +273,21 @@ def _mix_in_workspace(a: Tensor, w_flat: Tensor) -> Tensor:
 CPU_KERNEL_CHUNK_BYTES = 16 << 20
 
 
+def chunk_samples(batch: int, per_sample_bytes: int) -> int:
+    """Samples per batch chunk of the kernel/unfold paths on CPU (see
+    :data:`CPU_KERNEL_CHUNK_BYTES`; equal chunks, at least one sample)."""
+    n = max(1, CPU_KERNEL_CHUNK_BYTES // max(1, per_sample_bytes))
+    if n >= batch:
+        return batch
+    return -(-batch // -(-batch // n))  # equal chunks: ceil(b / number of chunks)
+
+
 def _batch_chunks(x: Tensor, weight: Tensor) -> list[slice]:
     """The batch slices the kernel/unfold paths run one after the other."""
     b = x.shape[0]
     if x.device.type != "cpu" or b <= 1:
         return [slice(0, b)]
-    per_sample = weight[0].numel() * max(weight.element_size(), x.element_size())
-    n = max(1, CPU_KERNEL_CHUNK_BYTES // max(1, per_sample))
-    if n >= b:
-        return [slice(0, b)]
-    n = -(-b // -(-b // n))  # equal chunks: ceil(b / number of chunks)
+    n = chunk_samples(b, weight[0].numel() * max(weight.element_size(), x.element_size()))
     return [slice(i, min(i + n, b)) for i in range(0, b, n)]
 
 
@@ -305,18 +310,27 @@ def _out_blocks(x: Tensor, weight: Tensor, groups: int, method: str,
     docs/performance.md). ``groups=1`` only.
     """
     b = x.shape[0]
-    if method != "unfold" or x.device.type != "cpu" or groups != 1 or b <= 1:
+    if method != "unfold" or x.device.type != "cpu" or groups != 1:
         return None
     k, o = weight.shape[:2]
-    m = weight[0, 0].numel()
-    per_row = b * m * max(weight.element_size(), x.element_size())  # one output channel
-    if per_row * o <= CPU_KERNEL_CHUNK_BYTES or 3 * b * length >= 7 * k * o:
+    n = block_channels(b, k, o, weight[0, 0].numel(), length,
+                       max(weight.element_size(), x.element_size()))
+    return None if n is None else [slice(i, min(i + n, o)) for i in range(0, o, n)]
+
+
+def block_channels(batch: int, num_kernels: int, out_channels: int, m: int, length: int,
+                   elem_bytes: int) -> int | None:
+    """Output channels per block of the unfold path on CPU with ``groups=1`` (``m = C·kh·kw``
+    values per kernel, ``length`` output positions), or ``None`` for batch chunks (see
+    :func:`_out_blocks`; equal blocks)."""
+    per_row = batch * m * elem_bytes  # one output channel's per-sample kernels
+    if (batch <= 1 or per_row * out_channels <= CPU_KERNEL_CHUNK_BYTES
+            or 3 * batch * length >= 7 * num_kernels * out_channels):
         return None
     n = CPU_KERNEL_CHUNK_BYTES // per_row
     if n < CPU_MIN_BLOCK_CHANNELS:
         return None
-    n = -(-o // -(-o // n))  # equal blocks
-    return [slice(i, min(i + n, o)) for i in range(0, o, n)]
+    return -(-out_channels // -(-out_channels // n))
 
 
 def _composite(x, weight, a, in_scale, out_scale, bias_b, conf):

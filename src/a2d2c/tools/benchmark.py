@@ -674,6 +674,19 @@ def _grid_variants() -> list[Variant]:
     return out
 
 
+def _grid_choice(layer: str, case: Case, training: bool, device: torch.device) -> str:
+    """What ``impl="auto"`` of ``layer`` runs at a grid point (A²D²C: its own model,
+    which adds the attention descriptor; the baselines: the op's)."""
+    x_shape = (case.batch, case.channels, case.size, case.size)
+    if layer == "a2d2c":
+        conv = A2D2Conv2d(case.channels, case.channels, 3, padding=1,
+                          num_kernels=case.num_kernels)
+        return conv.resolve_impl(x_shape, training=training, device=device)
+    return auto_impl(x_shape, (case.num_kernels, case.channels, case.channels, 3, 3),
+                     layer == "odconv", training=training, device_type=device.type,
+                     padding=(1, 1))
+
+
 def _load1() -> float:
     try:
         with open("/proc/loadavg") as f:
@@ -714,7 +727,6 @@ def run_grid(*, grid: str = "reduced", device: str | torch.device = "cpu",
         by_label = {r["variant"]: r for r in rows}
         out_rows = []
         train = case.mode == "train"
-        x_shape = (case.batch, case.channels, case.size, case.size)
         for r in rows:
             layer, _, impl = r["variant"].partition(":")
             row = dict(case=case.name, mode=case.mode, batch=case.batch,
@@ -729,10 +741,7 @@ def run_grid(*, grid: str = "reduced", device: str | torch.device = "cpu",
                 best = min(exact, key=exact.__getitem__)
                 row["best_impl"] = best
                 row["regret"] = r["median_ms"] / exact[best]
-                row["auto_choice"] = auto_impl(
-                    x_shape, (case.num_kernels, case.channels, case.channels, 3, 3),
-                    layer == "odconv", training=train, device_type=device.type,
-                    padding=(1, 1))
+                row["auto_choice"] = _grid_choice(layer, case, train, device)
             out_rows.append(row)
         all_rows += out_rows
         if path is not None:
