@@ -15,57 +15,20 @@ the code.
 from __future__ import annotations
 
 import argparse
-import csv
 import math
 import random
 import sys
-from collections import defaultdict
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "src"))
 
 from a2d2c.ops import cost  # noqa: E402
-from a2d2c.ops.mixed_conv import exact_impls  # noqa: E402
-
-
-def _points(paths: list[str]) -> list[dict]:
-    groups: dict[tuple, dict] = defaultdict(dict)
-    for p in paths:
-        with open(p) as f:
-            for r in csv.DictReader(f):
-                if r["impl"] in ("static", "auto"):
-                    continue
-                key = (r["case"], r["layer"])
-                groups[key]["meta"] = r
-                groups[key][r["impl"]] = float(r["median_ms"])
-    out = []
-    for (_case, layer), g in groups.items():
-        meta = g.pop("meta")
-        exact = {i: g[i] for i in exact_impls(layer == "odconv") if i in g}
-        if len(exact) >= 2:
-            out.append(dict(layer=layer, batch=int(meta["batch"]), c=int(meta["channels"]),
-                            size=int(meta["size"]), train=meta["mode"] == "train",
-                            times=exact))
-    return out
+from a2d2c.tools.grid_fit import load_grid_points, model_choice, model_regrets, summarize  # noqa: E402
 
 
 def _regrets(points: list[dict], const: dict[str, float]) -> list[float]:
-    saved = dict(cost.COST_CONSTANTS["cpu"])
-    cost.COST_CONSTANTS["cpu"].update(const)
-    try:
-        out = []
-        for p in points:
-            choice = cost.choose_impl(
-                batch=p["batch"], in_channels=p["c"], out_channels=p["c"], kernel_size=(3, 3),
-                groups=1, output_size=(p["size"], p["size"]), num_kernels=4,
-                training=p["train"], device_type="cpu", candidates=tuple(p["times"]),
-                descriptor=p["layer"] == "a2d2c")
-            out.append(p["times"][choice] / min(p["times"].values()))
-        return out
-    finally:
-        cost.COST_CONSTANTS["cpu"].clear()
-        cost.COST_CONSTANTS["cpu"].update(saved)
+    return model_regrets(points, const)
 
 
 def _score(regrets: list[float]) -> tuple[float, float]:
@@ -96,11 +59,33 @@ def main() -> int:
     parser.add_argument("csv", nargs="+")
     parser.add_argument("--restarts", type=int, default=8,
                         help="random starting points besides the current constants")
+    parser.add_argument("--worst", type=int, default=0,
+                        help="also list the N worst choices of the current constants")
+    parser.add_argument("--no-fit", action="store_true",
+                        help="only score the current constants")
+    parser.add_argument("--set", nargs="*", default=[], metavar="NAME=VALUE",
+                        help="score (and start from) these constants instead of the code's")
     args = parser.parse_args()
-    points = _points(args.csv)
+    points = load_grid_points(args.csv)
     if not points:
         raise SystemExit("fit_cost_model: no grid rows with two or more exact paths")
     current = dict(cost.COST_CONSTANTS["cpu"])
+    for item in args.set:
+        name, _, value = item.partition("=")
+        if name not in current:
+            raise SystemExit(f"fit_cost_model: unknown constant {name!r}; one of {sorted(current)}")
+        current[name] = float(value)
+    cur = _regrets(points, current)
+    print(f"{len(points)} (point, layer) pairs")
+    _report("current", current, cur)
+    if args.worst:
+        ranked = sorted(zip(cur, points, strict=True), key=lambda t: -t[0])[:args.worst]
+        for r, p in ranked:
+            times = " ".join(f"{k}={v:.3g}" for k, v in p["times"].items())
+            print(f"  {r:5.2f} {p['case']:26s} {p['layer']:12s} chose "
+                  f"{model_choice(p, current):6s} {times}")
+    if args.no_fit:
+        return 0
     calls = (0.0, 1e4, 3e4, 1e5, 3e5, 1e6, 3e6, 1e7, 3e7, 1e8, 3e8)
     grid = dict(grouped=(0.4, 0.5, 0.6, 0.8, 1.0, 1.3, 1.6, 2.0, 2.5, 3.0, 4.0),
                 unfold=(0.4, 0.5, 0.6, 0.8, 1.0, 1.3, 1.5, 2.0, 2.5, 3.0, 4.0),
@@ -116,15 +101,14 @@ def main() -> int:
         found = _descend(points, grid, start)
         if found[0] < best[0]:
             best = found
-    cur = _regrets(points, current)
-    fit = _regrets(points, best[1])
-    print(f"{len(points)} (point, layer) pairs")
-    for name, const, reg in (("current", current, cur), ("fitted", best[1], fit)):
-        srt = sorted(reg)
-        print(f"{name:8s} {const}: regret geo-mean {math.exp(_score(reg)[0]):.3f}, median "
-              f"{srt[len(srt) // 2]:.3f}, max {srt[-1]:.3f}, share <= 1.15: "
-              f"{sum(r <= 1.15 for r in reg) / len(reg):.0%}")
+    _report("fitted", best[1], _regrets(points, best[1]))
     return 0
+
+
+def _report(name: str, const: dict[str, float], regrets: list[float]) -> None:
+    s = summarize(regrets)
+    print(f"{name:8s} {const}: regret geo-mean {s['geo_mean']:.3f}, median {s['median']:.3f}, "
+          f"max {s['max']:.3f}, share <= 1.15: {s['share_within_1_15']:.0%}")
 
 
 if __name__ == "__main__":
