@@ -92,6 +92,7 @@ def main() -> int:
                 touch=(1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0, 128.0),
                 batch1=(0.25, 0.5, 0.75, 1.0, 1.5, 2.0, 3.0),
                 reuse=(0.0, 0.1, 0.25, 0.5, 0.75, 1.0),
+                reuse_blocked=(0.0, 0.1, 0.25, 0.5, 0.75, 1.0),
                 call_kernel=calls, call_unfold=calls, call_plus=calls, call_descriptor=calls)
     rng = random.Random(0)
     starts = [dict(current)] + [

@@ -17,9 +17,11 @@ __all__ = ["COST_CONSTANTS", "choose_impl", "estimate_costs"]
 # and unfold forms' convolution at batch size 1 (a dense conv, but behind the per-sample
 # kernel's extra steps); ``reuse``: the share of the kernel mix that is paid again by every
 # sample — the rest (reading the K base kernels) is paid once per group of samples mixed
-# together (a batch chunk on CPU, an output-channel block's whole batch, the whole batch
-# on CUDA); ``call_kernel``/``call_unfold``/``call_plus``: each path's fixed cost per
-# call (its launches, in dense multiply-adds; doubled in training), spread over the batch;
+# together (a batch chunk on CPU, the whole batch on CUDA); ``reuse_blocked``: the same
+# share where the CPU unfold path runs output-channel blocks (each block mixed for the
+# whole batch while its base kernels are in cache); ``call_kernel``/``call_unfold``/
+# ``call_plus``: each path's fixed cost per call (its launches, in dense multiply-adds;
+# doubled in training), spread over the batch;
 # ``call_descriptor``: the same for A²D²C's attention descriptor, which the kernel and
 # unfold paths compute from the input (patch means, then the K base kernels) and the plus
 # form reads off its K responses.
@@ -34,11 +36,11 @@ __all__ = ["COST_CONSTANTS", "choose_impl", "estimate_costs"]
 # these constants make ``auto`` choose it wherever exact.
 COST_CONSTANTS: dict[str, dict[str, float]] = {
     "cpu": {"dense": 1.0, "grouped": 1.3, "unfold": 1.5, "touch": 32.0, "batch1": 1.0,
-            "reuse": 0.75, "call_kernel": 3e6, "call_unfold": 3e6, "call_plus": 0.0,
-            "call_descriptor": 3e7},
+            "reuse": 0.75, "reuse_blocked": 0.0, "call_kernel": 3e6, "call_unfold": 3e6,
+            "call_plus": 0.0, "call_descriptor": 3e7},
     "cuda": {"dense": 1.0, "grouped": 8.0, "unfold": 6.0, "touch": 64.0, "batch1": 8.0,
-             "reuse": 1.0, "call_kernel": 0.0, "call_unfold": 0.0, "call_plus": 0.0,
-             "call_descriptor": 0.0},
+             "reuse": 1.0, "reuse_blocked": 1.0, "call_kernel": 0.0, "call_unfold": 0.0,
+             "call_plus": 0.0, "call_descriptor": 0.0},
 }
 
 #: Bytes per element the CPU chunk and block plans are modelled with (fp32).
@@ -67,7 +69,8 @@ def estimate_costs(*, batch: int | None, in_channels: int, out_channels: int,
     * ``unfold`` (im2col + GEMM): as ``kernel`` with ``γ_unfold``, plus ``t·C·kh·kw·L``
       for im2col (three passes in training: im2col, its recomputation, col2im). Where the
       CPU path runs in output-channel blocks (:func:`a2d2c.ops.mixed_conv.block_channels`)
-      ``n`` is the batch and every further block reads the columns again (``p`` passes).
+      ``n`` is the batch, ``ρ`` is ``reuse_blocked``, and every further block reads the
+      columns again (``p`` passes).
     * ``plus``: ``p·γ_dense·K·conv + t·K·O·L·(2 or 6) + f·F_plus/B`` (mixing the K
       responses; in training also their gradient and the saved product).
 
@@ -99,7 +102,7 @@ def estimate_costs(*, batch: int | None, in_channels: int, out_channels: int,
         n_chunk, per_block = big, None
     rho = const["reuse"]
 
-    def mix(n: int) -> float:
+    def mix(n: int, rho: float = rho) -> float:
         q = (4.0 + 2.0 / k) if training else 1.0
         return const["touch"] * k * o * m * q * (rho + (1.0 - rho) / n)
 
@@ -108,7 +111,8 @@ def estimate_costs(*, batch: int | None, in_channels: int, out_channels: int,
     if per_block is None:
         unfold_mix = mix(n_chunk)
     else:
-        unfold_mix = mix(big) + cols * (-(-o // per_block) - 1)  # columns re-read per block
+        # every further block reads the columns again
+        unfold_mix = mix(big, const["reuse_blocked"]) + cols * (-(-o // per_block) - 1)
     desc = 0.0
     if descriptor:
         desc = (const["touch"] * in_channels * kh * length * passes  # kh strided row sums
