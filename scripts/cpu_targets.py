@@ -2,9 +2,10 @@
 
 No allocator tuning (glibc's defaults: this script never calls
 ``a2d2c.allocator.tune_allocator``), threads set explicitly, static and A²D²C (``auto``)
-side by side in one process, interleaved. The whole set is run ``--rounds`` times; each
-round records the machine's 1-minute load average before it starts, and the medians per
-round and over rounds are written to a CSV.
+side by side in one process, interleaved; by default also ``a2d2c:tuned`` (``auto`` with
+measured choice, :mod:`a2d2c.ops.tuning`, measured in the warm-up step). The whole set
+is run ``--rounds`` times; each round records the machine's 1-minute load average before
+it starts, and the medians per round and over rounds are written to a CSV.
 
     python3 scripts/cpu_targets.py --threads 2 --rounds 3 --out benchmarks/results
 """
@@ -44,7 +45,7 @@ def main() -> int:
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--repeats", type=int, default=3)
-    parser.add_argument("--variants", nargs="+", default=["a2d2c:auto"])
+    parser.add_argument("--variants", nargs="+", default=["a2d2c:auto", "a2d2c:tuned"])
     parser.add_argument("--cases", nargs="+", default=None)
     parser.add_argument("--out", default="benchmarks/results")
     args = parser.parse_args()

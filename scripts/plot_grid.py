@@ -3,7 +3,8 @@
     python3 scripts/plot_grid.py benchmarks/results/bench_grid_reduced_cpu1t.csv
 
 Writes ``<csv stem>.png`` beside the CSV and prints a summary (median and max regret,
-median ratio to static, per layer and mode).
+median ratio to static, per layer and mode; also of the ``tuned`` rows — ``auto`` with
+measured choice — where the grid has them).
 """
 
 from __future__ import annotations
@@ -56,6 +57,12 @@ def main() -> int:
             print(f"{mode:5s} {layer:12s} points {len(sub):3d}  regret median "
                   f"{statistics.median(regrets):.2f} max {max(regrets):.2f}  ratio to static "
                   f"median {statistics.median(ratios):.2f}")
+            tuned = [float(r["regret"]) for r in every if r["impl"] == "tuned"
+                     and r["layer"] == layer and r["mode"] == mode]
+            if tuned:  # impl="auto" with measured choice (a2d2c.ops.tuning)
+                print(f"{mode:5s} {layer:12s} tuned  {len(tuned):3d}  regret median "
+                      f"{statistics.median(tuned):.2f} max {max(tuned):.2f}  share <= 1.15 "
+                      f"{sum(t <= 1.15 for t in tuned) / len(tuned):.0%}")
         axes[0, col].axhline(1.15, color="k", lw=0.8, ls="--")
         axes[0, col].set_title(f"{mode}: auto's regret (auto / fastest exact path)")
         axes[1, col].axhline(1.3, color="k", lw=0.8, ls="--")

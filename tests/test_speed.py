@@ -248,17 +248,19 @@ def test_bench_grid_reports_every_path_and_regret_and_resumes(tmp_path, one_thre
         reader = csv.DictReader(f)
         assert reader.fieldnames == GRID_COLUMNS
         rows = list(reader)
-    assert len(rows) == 2 * (1 + sum(1 + len(exact_impls(n == "odconv")) for n in GRID_LAYERS))
+    # static, then per layer: auto, tuned (measured choice) and every exact path
+    assert len(rows) == 2 * (1 + sum(2 + len(exact_impls(n == "odconv")) for n in GRID_LAYERS))
     for case in {r["case"] for r in rows}:
         sub = [r for r in rows if r["case"] == case]
         for layer in GRID_LAYERS:
             paths = {r["impl"]: float(r["median_ms"]) for r in sub if r["layer"] == layer}
-            auto = next(r for r in sub if r["layer"] == layer and r["impl"] == "auto")
             exact = {i: paths[i] for i in exact_impls(layer == "odconv")}
-            assert auto["best_impl"] == min(exact, key=exact.get)
-            assert auto["auto_choice"] in exact
-            assert math.isclose(float(auto["regret"]), paths["auto"] / min(exact.values()),
-                                rel_tol=1e-3)
+            for impl in ("auto", "tuned"):
+                auto = next(r for r in sub if r["layer"] == layer and r["impl"] == impl)
+                assert auto["best_impl"] == min(exact, key=exact.get)
+                assert auto["auto_choice"] in exact
+                assert math.isclose(float(auto["regret"]), paths[impl] / min(exact.values()),
+                                    rel_tol=1e-3)
     run_grid(grid="tiny", repeats=1, warmup=0, min_sample_s=0.0, out_dir=tmp_path,
              log=lambda s: None)  # resumes: every point is done, nothing is appended
     with path.open() as f:

@@ -195,6 +195,9 @@ class TrainConfig:
     tensorboard: bool = False
     #: CPU threads per process (0: leave torch's default)
     threads: int = 0
+    #: dynamic layers' impl="auto": time every exact path once per shape and run the
+    #: fastest (a2d2c.ops.tuning, like cudnn.benchmark) instead of the cost model's pick
+    impl_benchmark: bool = False
     #: validation images (the first N) for the per-epoch attention diagnostics of
     #: dynamic models (a2d2c.diagnostics, in metrics.jsonl and the progress line; 0: off)
     attention_stats: int = 64

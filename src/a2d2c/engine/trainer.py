@@ -34,6 +34,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ..ops import tuning
 from ..temperature import TemperatureScheduler, get_temperature
 from .checkpoint import (
     FORMAT,
@@ -425,6 +426,7 @@ def fit(cfg: Config, *, resume: str | os.PathLike | None = None,
             cfg.train.output_dir = _new_run_dir(cfg, ctx)
         try:
             with contextlib.ExitStack() as held:  # the run folder's lock, until the end
+                held.enter_context(tuning.benchmark(cfg.train.impl_benchmark))
                 return _fit(cfg, ctx, resume, stop, on_step, held, allow_changed_model)
         except BaseException:
             if auto and ctx.is_main:  # failed before writing anything: leave no empty folder
@@ -813,7 +815,9 @@ def evaluate_checkpoint(path: str | os.PathLike, overrides: dict[str, Any] | Non
     threads = torch.get_num_threads()
     if cfg.train.threads:
         torch.set_num_threads(cfg.train.threads)
+    held = contextlib.ExitStack()
     try:
+        held.enter_context(tuning.benchmark(cfg.train.impl_benchmark))
         info = dataset_info(cfg.data)
         model = build_model(cfg, info.num_classes, info.in_chans, pretrained=False)
         load_model_state(model, state, source=f"checkpoint {path}", expected_name=cfg.model.name)
@@ -836,6 +840,7 @@ def evaluate_checkpoint(path: str | os.PathLike, overrides: dict[str, Any] | Non
                                       channels_last=cfg.train.channels_last)
             metrics["recorded_ema_top1"] = (state.get("metrics") or {}).get("ema_val_top1")
     finally:
+        held.close()
         torch.set_num_threads(threads)
         cleanup_distributed(ctx)
     metrics["recorded_top1"] = (state.get("metrics") or {}).get("val_top1")

@@ -49,6 +49,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from ..ops import tuning
 from ..ops.cost import COST_CONSTANTS, estimate_costs
 from ..ops.mixed_conv import (
     _functorch_active,
@@ -430,11 +431,36 @@ class A2D2Conv2d(TemperatureMixin, DynamicConvBase):
         grads = torch.is_grad_enabled() and (x.requires_grad or self.weight.requires_grad)
         impl = self.resolve_impl((b, *x.shape[1:]), training=grads, device=x.device,
                                  tracing=tracing)
+        if (self.impl == "auto" and tuning.is_benchmark_enabled() and not tracing
+                and not _functorch_active()):
+            impl = self._measured_impl(x, pad, idx, ho, wo, impl)
         if impl == "plus":
             return self._forward_plus(x, pad, idx, ho, wo)
         return self._forward_kernel(x, pad, idx, ho, wo,
                                     method=impl,
                                     traceable=tracing)
+
+    def _measured_impl(self, x: Tensor, pad: tuple[int, int], idx: Tensor | None, ho: int,
+                       wo: int, modelled: str) -> str:
+        """``impl="auto"`` with benchmarking on (:mod:`a2d2c.ops.tuning`): the fastest
+        form for this signature, timed once — the whole layer (descriptor, attention and
+        convolution; the forms compute the descriptor differently), on this input and
+        these sampled positions, so no random numbers are drawn."""
+        candidates = [modelled, *(i for i in ("kernel", "unfold", "plus") if i != modelled)]
+        key = tuning.signature(
+            "A2D2Conv2d", (x, self.weight, self.bias, idx), self.kernel_size, self.stride,
+            pad, self.dilation, self.groups, self.head, self.descriptor, self.logit_scale,
+            self.hidden_channels, self.out_channels)
+
+        def run(impl: str) -> None:
+            def layer(t: list) -> Tensor:
+                if impl == "plus":
+                    return self._forward_plus(t[0], pad, idx, ho, wo)
+                return self._forward_kernel(t[0], pad, idx, ho, wo, method=impl)
+
+            tuning.replay(layer, (x,), params=list(self.parameters()))
+
+        return tuning.tuned_choice(key, candidates, run, x.device)
 
     def _patch_means(self, x: Tensor, pad: tuple[int, int], idx: Tensor | None,
                      ho: int, wo: int) -> Tensor:

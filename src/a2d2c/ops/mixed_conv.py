@@ -26,7 +26,9 @@ Exact paths (``impl``):
     The kernel form as a fused Triton implicit-GEMM kernel (see
     :mod:`a2d2c.ops._triton_mixed`); CUDA tensors, or CPU under ``TRITON_INTERPRET=1``.
 ``"auto"``
-    The cheapest exact path by the cost model of :mod:`a2d2c.ops.cost`.
+    The cheapest exact path by the cost model of :mod:`a2d2c.ops.cost`; or, with
+    benchmarking on (:func:`a2d2c.ops.tuning.set_benchmark`), the fastest measured on
+    the first call of each shape (like ``torch.backends.cudnn.benchmark``).
 
 The kernel and unfold paths are a custom autograd function that saves only its inputs:
 never the ``B·O·C/g·kh·kw`` per-sample kernels (recomputed in backward for ``~K``
@@ -53,6 +55,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from . import tuning
 from .cost import choose_impl
 
 __all__ = [
@@ -771,6 +774,31 @@ def exact_impls(coeff_per_tap: bool) -> tuple[str, ...]:
     return ("kernel", "unfold") if coeff_per_tap else ("kernel", "unfold", "plus")
 
 
+def _measured_impl(args: tuple, modelled: str, per_tap: bool, stride: tuple[int, int],
+                   padding: tuple[int, int], dilation: tuple[int, int], groups: int) -> str:
+    """``impl="auto"`` with benchmarking on: the fastest exact path for this signature,
+    timed once on these tensors (:func:`a2d2c.ops.tuning.tuned_choice`)."""
+    x = args[0]
+    candidates = [modelled, *(i for i in exact_impls(per_tap) if i != modelled)]
+    fallible: tuple[str, ...] = ()
+    if x.device.type == "cuda" and _triton_importable():
+        candidates.append("triton")  # the fused kernel: compiled on first use, may fail
+        fallible = ("triton",)
+    key = tuning.signature("mixed_conv2d", args, stride, padding, dilation, groups)
+
+    def run(impl: str) -> None:
+        tuning.replay(lambda t: mixed_conv2d(*t[:4], stride, padding, dilation, groups,
+                                             in_scale=t[4], out_scale=t[5], impl=impl), args)
+
+    return tuning.tuned_choice(key, candidates, run, x.device, fallible=fallible)
+
+
+def _triton_importable() -> bool:
+    import importlib.util
+
+    return importlib.util.find_spec("triton") is not None
+
+
 def mixed_conv2d(
     x: Tensor,
     weight: Tensor,
@@ -807,6 +835,7 @@ def mixed_conv2d(
         ``(B, O, H', W')``. Differentiable in every tensor argument.
     """
     _check(x, weight, groups)
+    args = (x, weight, coeff, bias, in_scale, out_scale)  # as given, for a measured choice
     if impl not in IMPLS:
         raise ValueError(f"mixed_conv2d: impl must be one of {IMPLS}, got {impl!r}")
     stride, padding, dilation = (_pair(stride, "stride"), _pair(padding, "padding"),
@@ -830,6 +859,8 @@ def mixed_conv2d(
         impl = auto_impl(x.shape, weight.shape, cf.per_tap, training=grads,
                          device_type=x.device.type, stride=stride, padding=padding,
                          dilation=dilation, groups=groups, tracing=tracing)
+        if tuning.is_benchmark_enabled() and not tracing and not _functorch_active():
+            impl = _measured_impl(args, impl, cf.per_tap, stride, padding, dilation, groups)
     cdt = compute_dtype(x)
     if impl == "plus":
         if cf.per_tap:

@@ -40,6 +40,7 @@ from ..allocator import allocator_state
 from ..layers import CondConv2d, DynamicConv2d, ODConv2d
 from ..layers.a2d2c import IMPLS, A2D2Conv2d
 from ..layers.factory import create_conv2d, get_conv_layer, list_conv_layers
+from ..ops import tuning
 from ..ops.mixed_conv import auto_impl, exact_impls
 
 __all__ = [
@@ -129,6 +130,9 @@ _SMOKE = [
 PRESETS: dict[str, list[Case]] = {"issue6": _ISSUE6, "layers": _LAYERS, "smoke": _SMOKE,
                                   "gpu": _GPU, "grid": []}
 
+#: The variant suffix of ``impl="auto"`` with measured choice (:mod:`a2d2c.ops.tuning`).
+TUNED = "tuned"
+
 #: Layers whose per-sample convolution has a selectable ``impl``.
 _IMPL_LAYERS = (A2D2Conv2d, CondConv2d, DynamicConv2d, ODConv2d)
 
@@ -158,6 +162,9 @@ def list_variants(patterns: Sequence[str] | None = None, *, triton: bool = False
                   ) -> list[Variant]:
     """``static``, ``a2d2c:<impl>`` for every impl, then every other registered conv type.
 
+    ``<layer>:tuned`` is ``impl="auto"`` with measured choice on
+    (:mod:`a2d2c.ops.tuning`; its one-time measurement happens in the warm-up steps).
+
     ``patterns``: optional shell-style patterns on the labels (``static`` is always kept,
     it is the reference). ``triton``: also ``<layer>:triton`` for every layer with a
     selectable ``impl`` (CUDA only).
@@ -171,9 +178,12 @@ def list_variants(patterns: Sequence[str] | None = None, *, triton: bool = False
             if not a2d2c_done:
                 out += [Variant(f"a2d2c:{impl}", name, impl) for impl in IMPLS
                         if impl != "triton" or triton]
+                out.append(Variant("a2d2c:tuned", name, TUNED))
                 a2d2c_done = True
             continue
         out.append(Variant(name, name))
+        if name in ("condconv", "dynamicconv", "odconv"):
+            out.append(Variant(f"{name}:tuned", name, TUNED))
         if triton and name in ("condconv", "dynamicconv", "odconv"):
             out.append(Variant(f"{name}:triton", name, "triton"))
     if patterns:
@@ -216,7 +226,7 @@ def _build(case: Case, variant: Variant) -> nn.Module:
     if variant.impl is not None:
         for m in module.modules():
             if isinstance(m, _IMPL_LAYERS):
-                m.impl = variant.impl
+                m.impl = "auto" if variant.impl == TUNED else variant.impl
     return module
 
 
@@ -319,7 +329,7 @@ def _make_runner(case: Case, variant: Variant, device: torch.device, amp_dtype: 
     opt = torch.optim.SGD(module.parameters(), lr=1e-4, momentum=0.9) if train else None
 
     def forward() -> Tensor:
-        with autocast():
+        with autocast(), tuning.benchmark(variant.impl == TUNED):
             out = module(x)
             if case.kind == "model":
                 return F.cross_entropy(out.float(), labels)
@@ -403,9 +413,18 @@ def _run_case(case: Case, variants: Sequence[Variant], device: torch.device,
         except (TypeError, ValueError, ImportError) as err:
             log(f"  skip {v.label}: {err}")
     inner = {}
+    tuned: dict[int, str] = {}  # what each tuned runner's layers chose, by runner
     for r in runners:
-        for _ in range(warmup):
+        if r.variant.impl == TUNED:  # measure this runner's own layers (keys may be shared)
+            before = tuning.cache_info()
+            tuning.clear_cache()
+        for _ in range(max(warmup, 1 if r.variant.impl == TUNED else 0)):
             r.step()
+        if r.variant.impl == TUNED:
+            choices = [m.choice for m in tuning.cache_info().values()]
+            tuned[id(r)] = " ".join(f"{name}:{choices.count(name)}"
+                                    for name in sorted(set(choices)))
+            tuning.load_cache(before)
         _sync(device)
         t0 = time.perf_counter()
         if min_sample_s > 0:
@@ -432,7 +451,8 @@ def _run_case(case: Case, variants: Sequence[Variant], device: torch.device,
         rows.append(dict(
             case=case.name, kind=case.kind, mode=case.mode, variant=r.variant.label,
             conv=r.variant.conv, impl=r.variant.impl or "",
-            resolved=_resolved_impls(r.module, x_probe, train), batch=case.batch,
+            resolved=tuned.get(id(r)) or _resolved_impls(r.module, x_probe, train),
+            batch=case.batch,
             channels=case.channels, size=case.size, num_kernels=case.num_kernels,
             median_ms=med * 1e3, min_ms=min(r.times) * 1e3, samples_per_s=case.batch / med,
             saved_mb=saved, peak_mb=peak, target=case.target, memory_target=case.memory_target,
@@ -669,7 +689,7 @@ def _grid_variants() -> list[Variant]:
     out = [Variant("static", "static")]
     for name in GRID_LAYERS:
         per_tap = name == "odconv"  # its spatial attention depends on the tap (3×3 here)
-        for impl in ("auto", *exact_impls(per_tap)):
+        for impl in ("auto", TUNED, *exact_impls(per_tap)):
             out.append(Variant(f"{name}:{impl}", name, impl))
     return out
 
@@ -735,13 +755,14 @@ def run_grid(*, grid: str = "reduced", device: str | torch.device = "cpu",
                        ratio=r["ratio"], best_impl="", regret=math.nan, load1=load,
                        threads=torch.get_num_threads(), device=_device_tag(device),
                        torch=torch.__version__)
-            if impl == "auto":
+            if impl in ("auto", TUNED):
                 exact = {i: by_label[f"{layer}:{i}"]["median_ms"]
                          for i in exact_impls(layer == "odconv") if f"{layer}:{i}" in by_label}
                 best = min(exact, key=exact.__getitem__)
                 row["best_impl"] = best
                 row["regret"] = r["median_ms"] / exact[best]
-                row["auto_choice"] = _grid_choice(layer, case, train, device)
+                row["auto_choice"] = (r["resolved"].split(":")[0] if impl == TUNED
+                                      else _grid_choice(layer, case, train, device))
             out_rows.append(row)
         all_rows += out_rows
         if path is not None:

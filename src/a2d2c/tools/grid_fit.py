@@ -28,7 +28,7 @@ def load_grid_points(paths: Iterable[str | Path]) -> list[dict]:
     for p in paths:
         with open(p) as f:
             for r in csv.DictReader(f):
-                if r["impl"] in ("static", "auto"):
+                if r["impl"] in ("static", "auto", "tuned"):  # not paths
                     continue
                 key = (r["case"], r["layer"])
                 groups[key]["meta"] = r
