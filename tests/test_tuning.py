@@ -245,3 +245,28 @@ def test_train_impl_benchmark_turns_measuring_on_for_the_run(tmp_path):
     assert not tuning.is_benchmark_enabled()  # restored after the run
     kinds = {key[0] for key in tuning.cache_info()}
     assert "A2D2Conv2d" in kinds
+
+
+def test_bench_tuned_variants_keep_their_own_measurements(monkeypatch):
+    """CondConv and DynamicConv make the same op call (one signature): in a2d2c bench each
+    tuned variant must still run what *it* measured, not the other's choice."""
+    from a2d2c.tools.benchmark import Case, _make_runner, list_variants
+
+    case = Case("t", "layer", "train", 2, 8, 8)
+    runners = {v.conv: _make_runner(case, v, torch.device("cpu"), None, False, seed=0)
+               for v in list_variants(["condconv:tuned", "dynamicconv:tuned"])
+               if v.label != "static"}
+    for r in runners.values():
+        r.step()  # measures
+        assert len(r.measured) == 1
+    (key,) = runners["condconv"].measured
+    assert set(runners["dynamicconv"].measured) == {key}  # the same signature
+    runners["condconv"].measured[key] = tuning.Measured("kernel", {})
+    runners["dynamicconv"].measured[key] = tuning.Measured("plus", {})
+    calls: list[int] = []
+    real = mixed_conv._plus
+    monkeypatch.setattr(mixed_conv, "_plus", lambda *a, **k: calls.append(1) or real(*a, **k))
+    for conv, want in (("condconv", 0), ("dynamicconv", 1), ("condconv", 0)):
+        calls.clear()
+        runners[conv].step()
+        assert len(calls) == want, conv

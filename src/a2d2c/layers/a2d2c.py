@@ -245,7 +245,9 @@ class A2D2Conv2d(TemperatureMixin, DynamicConvBase):
         (gradients flow; default: the module's ``training`` flag) or inference.
         ``tracing=True`` (inside ``torch.compile`` or ONNX export, set by ``forward``)
         excludes the grouped ``"kernel"`` method, whose number of groups is the batch
-        size, so that one traced graph serves every batch size.
+        size, so that one traced graph serves every batch size. With benchmarking on
+        (:func:`a2d2c.ops.tuning.set_benchmark`) ``forward`` runs the measured fastest
+        form instead (``tuning.cache_info()``); this returns the model's.
         """
         if self.impl != "auto":
             return self.impl

@@ -1,7 +1,8 @@
 """The cost model behind ``impl="auto"`` of :func:`a2d2c.ops.mixed_conv2d` and every layer.
 
 Deterministic and cheap (no timing at run time): the same arguments always give the same
-choice, so a traced graph and a training run agree with ``describe()``.
+choice, so a traced graph and a training run agree with ``describe()``. Measuring instead
+(like ``cudnn.benchmark``) is opt-in: :mod:`a2d2c.ops.tuning`.
 """
 
 from __future__ import annotations

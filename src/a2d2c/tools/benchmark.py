@@ -306,6 +306,9 @@ class _Runner:
     step: Callable[[], object]
     forward: Callable[[], object]
     times: list[float] = field(default_factory=list)
+    #: a tuned variant's own measurements (a2d2c.ops.tuning), kept apart from the other
+    #: runners': CondConv and DynamicConv make the same op call, so they share signatures
+    measured: dict = field(default_factory=dict)
 
 
 def _make_runner(case: Case, variant: Variant, device: torch.device, amp_dtype: torch.dtype | None,
@@ -328,9 +331,17 @@ def _make_runner(case: Case, variant: Variant, device: torch.device, amp_dtype: 
     labels = torch.randint(0, max(case.num_classes, 1), (case.batch,), device=device)
     opt = torch.optim.SGD(module.parameters(), lr=1e-4, momentum=0.9) if train else None
 
+    tuned = variant.impl == TUNED
+    measured: dict = {}
+
     def forward() -> Tensor:
-        with autocast(), tuning.benchmark(variant.impl == TUNED):
+        with autocast(), tuning.benchmark(tuned):
+            if tuned:  # this runner's cache only (empty at first: it measures)
+                tuning.clear_cache()
+                tuning.load_cache(measured)
             out = module(x)
+            if tuned:
+                measured.update(tuning.cache_info())
             if case.kind == "model":
                 return F.cross_entropy(out.float(), labels)
             return out.float().square().mean()
@@ -346,7 +357,7 @@ def _make_runner(case: Case, variant: Variant, device: torch.device, amp_dtype: 
         opt.step()
         return None
 
-    return _Runner(variant, module, step, forward)
+    return _Runner(variant, module, step, forward, measured=measured)
 
 
 def _measure_memory(runner: _Runner, device: torch.device, train: bool) -> tuple[float, float]:
@@ -415,16 +426,12 @@ def _run_case(case: Case, variants: Sequence[Variant], device: torch.device,
     inner = {}
     tuned: dict[int, str] = {}  # what each tuned runner's layers chose, by runner
     for r in runners:
-        if r.variant.impl == TUNED:  # measure this runner's own layers (keys may be shared)
-            before = tuning.cache_info()
-            tuning.clear_cache()
         for _ in range(max(warmup, 1 if r.variant.impl == TUNED else 0)):
-            r.step()
+            r.step()  # a tuned runner measures in its first step
         if r.variant.impl == TUNED:
-            choices = [m.choice for m in tuning.cache_info().values()]
+            choices = [m.choice for m in r.measured.values()]
             tuned[id(r)] = " ".join(f"{name}:{choices.count(name)}"
                                     for name in sorted(set(choices)))
-            tuning.load_cache(before)
         _sync(device)
         t0 = time.perf_counter()
         if min_sample_s > 0:
