@@ -23,18 +23,19 @@ __all__ = ["load_grid_points", "model_regrets", "summarize"]
 
 
 def load_grid_points(paths: Iterable[str | Path]) -> list[dict]:
-    """One entry per (point, layer) with two or more exact paths measured."""
+    """One entry per (grid file, point, layer) with two or more exact paths measured:
+    several files (grids measured at different times) add up, none replaces another."""
     groups: dict[tuple, dict] = defaultdict(dict)
-    for p in paths:
+    for n, p in enumerate(paths):
         with open(p) as f:
             for r in csv.DictReader(f):
                 if r["impl"] in ("static", "auto", "tuned"):  # not paths
                     continue
-                key = (r["case"], r["layer"])
+                key = (n, r["case"], r["layer"])
                 groups[key]["meta"] = r
                 groups[key][r["impl"]] = float(r["median_ms"])
     out = []
-    for (case, layer), g in groups.items():
+    for (_n, case, layer), g in groups.items():
         meta = g.pop("meta")
         exact = {i: g[i] for i in exact_impls(layer == "odconv") if i in g}
         if len(exact) >= 2:
