@@ -234,13 +234,17 @@ def test_switches_and_cache_handling():
     assert tuning.cache_info() == {}
 
 
-def test_train_impl_benchmark_turns_measuring_on_for_the_run(tmp_path):
+def test_train_impl_benchmark_turns_measuring_on_for_the_run(tmp_path, caplog):
     from _engine_helpers import tiny_config
     from a2d2c.engine import fit
 
     seen: list[bool] = []
-    fit(tiny_config(tmp_path / "run", train={"epochs": 1, "impl_benchmark": True}),
-        on_step=lambda step: seen.append(tuning.is_benchmark_enabled()))
+    with caplog.at_level("INFO", logger="a2d2c"):
+        fit(tiny_config(tmp_path / "run", train={"epochs": 1, "impl_benchmark": True}),
+            on_step=lambda step: seen.append(tuning.is_benchmark_enabled()))
+    line = next(r.getMessage() for r in caplog.records if "impl benchmark" in r.getMessage())
+    n = len(tuning.cache_info())
+    assert f"{n} shapes measured: " in line and n > 0
     assert seen and all(seen)
     assert not tuning.is_benchmark_enabled()  # restored after the run
     kinds = {key[0] for key in tuning.cache_info()}

@@ -721,6 +721,8 @@ def _fit(cfg: Config, ctx: DistContext, resume: str | os.PathLike | None, stop: 
              + f"lr {row['lr']:.4g}"
              + (f" tau {row['temperature']:.3g}" if row["temperature"] is not None else "")
              + f" | {res.time_s:.1f}s" + (f" | attn {attn[1]}" if attn[1] else ""))
+        if t.impl_benchmark and epoch == start_epoch:  # what measuring chose, once
+            _log(ctx, f"impl benchmark (train.impl_benchmark): {tuning.summary()}")
         if writer is not None:
             writer.write(row)
         state = make_state(epoch + 1, 0, row, None)
