@@ -234,6 +234,28 @@ def test_switches_and_cache_handling():
     assert tuning.cache_info() == {}
 
 
+def test_measurements_survive_pickling_into_a_later_process():
+    """cache_info() -> pickle -> load_cache(): a later run skips what was measured."""
+    import pickle
+
+    conv = create_conv2d("condconv", 4, 4, 3, 1, 1, num_kernels=2)
+    x = torch.randn(2, 4, 5, 5)
+    with tuning.benchmark():
+        conv(x)
+    saved = pickle.loads(pickle.dumps(tuning.cache_info()))
+    tuning.clear_cache()
+    tuning.load_cache(saved)
+    runs: list[str] = []
+    real = tuning._time_path
+    tuning._time_path = lambda *a, **k: runs.append(a[1]) or real(*a, **k)
+    try:
+        with tuning.benchmark():
+            conv(x)
+    finally:
+        tuning._time_path = real
+    assert runs == [] and tuning.cache_info() == saved
+
+
 def test_train_impl_benchmark_turns_measuring_on_for_the_run(tmp_path, caplog):
     from _engine_helpers import tiny_config
     from a2d2c.engine import fit
