@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import math
 
 import pytest
@@ -261,9 +262,14 @@ def test_train_impl_benchmark_turns_measuring_on_for_the_run(tmp_path, caplog):
     from a2d2c.engine import fit
 
     seen: list[bool] = []
-    with caplog.at_level("INFO", logger="a2d2c"):
-        fit(tiny_config(tmp_path / "run", train={"epochs": 1, "impl_benchmark": True}),
-            on_step=lambda step: seen.append(tuning.is_benchmark_enabled()))
+    log = logging.getLogger("a2d2c")  # the CLI's setup (earlier tests) may stop propagation
+    log.addHandler(caplog.handler)
+    try:
+        with caplog.at_level("INFO", logger="a2d2c"):
+            fit(tiny_config(tmp_path / "run", train={"epochs": 1, "impl_benchmark": True}),
+                on_step=lambda step: seen.append(tuning.is_benchmark_enabled()))
+    finally:
+        log.removeHandler(caplog.handler)
     line = next(r.getMessage() for r in caplog.records if "impl benchmark" in r.getMessage())
     n = len(tuning.cache_info())
     assert f"{n} shapes measured: " in line and n > 0
