@@ -1,8 +1,9 @@
 """Measured path choice for ``impl="auto"``, once per shape (like ``cudnn.benchmark``).
 
-By default ``impl="auto"`` follows the cost model of :mod:`a2d2c.ops.cost`: free,
-deterministic, and within ~1.5x of the fastest exact path on the committed CPU grid
-(geometric-mean regret 1.01). Where that is not good enough, turn on benchmarking::
+By default ``impl="auto"`` follows the cost model of :mod:`a2d2c.ops.cost`: free and
+deterministic; on the two committed CPU grids its choice has a geometric-mean regret of
+1.01 but misses by up to 1.38x / 1.84x (batch-1 layers on 4x4 maps). Where that is not
+good enough, turn on benchmarking::
 
     import a2d2c.ops.tuning as tuning
     tuning.set_benchmark(True)          # process-wide, like torch.backends.cudnn.benchmark
@@ -16,7 +17,8 @@ call with that signature runs the fastest. The extra cost is paid once per signa
 (a few steps' worth in the first training step; again for a new batch size, e.g. the last
 smaller batch, and for evaluation). All paths are exact, so the choice changes only
 floating-point rounding, not the computation; but it depends on timings, so two runs (or
-two DDP ranks) may pick differently — leave it off where bitwise reproducibility matters.
+two DDP ranks) may pick differently — leave it off where bitwise reproducibility matters
+(under DDP the averaged gradients still keep the ranks' weights identical).
 
 Nothing is timed while tracing (``torch.compile``, export, ONNX) or under ``torch.func``
 transforms: there the cost model decides, as without benchmarking.
