@@ -55,6 +55,7 @@ from ..ops.mixed_conv import (
     _functorch_active,
     _is_tracing,
     compute_dtype,
+    exact_impls,
     kernel_workspace,
     mix_kernels,
     mix_responses,
@@ -448,7 +449,7 @@ class A2D2Conv2d(TemperatureMixin, DynamicConvBase):
         form for this signature, timed once — the whole layer (descriptor, attention and
         convolution; the forms compute the descriptor differently), on this input and
         these sampled positions, so no random numbers are drawn."""
-        candidates = [modelled, *(i for i in ("kernel", "unfold", "plus") if i != modelled)]
+        candidates = [modelled, *(i for i in exact_impls(False) if i != modelled)]
         key = tuning.signature(
             "A2D2Conv2d", (x, self.weight, self.bias, idx), self.kernel_size, self.stride,
             pad, self.dilation, self.groups, self.head, self.descriptor, self.logit_scale,

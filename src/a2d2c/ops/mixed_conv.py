@@ -67,6 +67,7 @@ __all__ = [
     "mixed_conv2d",
     "per_sample_conv",
     "plus_responses",
+    "triton_available",
 ]
 
 IMPLS = ("auto", "kernel", "unfold", "plus", "triton")
@@ -781,7 +782,7 @@ def _measured_impl(args: tuple, modelled: str, per_tap: bool, stride: tuple[int,
     x = args[0]
     candidates = [modelled, *(i for i in exact_impls(per_tap) if i != modelled)]
     fallible: tuple[str, ...] = ()
-    if x.device.type == "cuda" and _triton_importable():
+    if x.device.type == "cuda" and triton_available():
         candidates.append("triton")  # the fused kernel: compiled on first use, may fail
         fallible = ("triton",)
     key = tuning.signature("mixed_conv2d", args, stride, padding, dilation, groups)
@@ -793,7 +794,8 @@ def _measured_impl(args: tuple, modelled: str, per_tap: bool, stride: tuple[int,
     return tuning.tuned_choice(key, candidates, run, x.device, fallible=fallible)
 
 
-def _triton_importable() -> bool:
+def triton_available() -> bool:
+    """Whether triton is installed (``impl="triton"`` can be tried; it imports lazily)."""
     import importlib.util
 
     return importlib.util.find_spec("triton") is not None

@@ -41,7 +41,7 @@ from ..layers import CondConv2d, DynamicConv2d, ODConv2d
 from ..layers.a2d2c import IMPLS, A2D2Conv2d
 from ..layers.factory import create_conv2d, get_conv_layer, list_conv_layers
 from ..ops import tuning
-from ..ops.mixed_conv import auto_impl, exact_impls
+from ..ops.mixed_conv import auto_impl, exact_impls, triton_available
 
 __all__ = [
     "CSV_COLUMNS",
@@ -144,12 +144,6 @@ class Variant:
     label: str
     conv: str
     impl: str | None = None
-
-
-def _has_triton() -> bool:
-    import importlib.util
-
-    return importlib.util.find_spec("triton") is not None
 
 
 def _is_a2d2c(conv: str) -> bool:
@@ -259,7 +253,13 @@ def _resolved_impls(module: nn.Module, x: Tensor, training: bool) -> str:
     finally:
         for h in hooks:
             h.remove()
-    return " ".join(f"{name}:{seen.count(name)}" for name in sorted(set(seen)))
+    return _count_line(seen)
+
+
+def _count_line(names: Iterable[str]) -> str:
+    """``kernel:12 plus:4``: how often each path name occurs, sorted by name."""
+    names = list(names)
+    return " ".join(f"{name}:{names.count(name)}" for name in sorted(set(names)))
 
 
 # ----------------------------------------------------------------------------- memory
@@ -424,14 +424,9 @@ def _run_case(case: Case, variants: Sequence[Variant], device: torch.device,
         except (TypeError, ValueError, ImportError) as err:
             log(f"  skip {v.label}: {err}")
     inner = {}
-    tuned: dict[int, str] = {}  # what each tuned runner's layers chose, by runner
     for r in runners:
         for _ in range(max(warmup, 1 if r.variant.impl == TUNED else 0)):
             r.step()  # a tuned runner measures in its first step
-        if r.variant.impl == TUNED:
-            choices = [m.choice for m in r.measured.values()]
-            tuned[id(r)] = " ".join(f"{name}:{choices.count(name)}"
-                                    for name in sorted(set(choices)))
         _sync(device)
         t0 = time.perf_counter()
         if min_sample_s > 0:
@@ -458,7 +453,8 @@ def _run_case(case: Case, variants: Sequence[Variant], device: torch.device,
         rows.append(dict(
             case=case.name, kind=case.kind, mode=case.mode, variant=r.variant.label,
             conv=r.variant.conv, impl=r.variant.impl or "",
-            resolved=tuned.get(id(r)) or _resolved_impls(r.module, x_probe, train),
+            resolved=(_count_line(m.choice for m in r.measured.values())
+                      if r.variant.impl == TUNED else _resolved_impls(r.module, x_probe, train)),
             batch=case.batch,
             channels=case.channels, size=case.size, num_kernels=case.num_kernels,
             median_ms=med * 1e3, min_ms=min(r.times) * 1e3, samples_per_s=case.batch / med,
@@ -555,7 +551,7 @@ def run_benchmark(
         raise ValueError(f"repeats must be >= 1 and warmup >= 0, got {repeats}, {warmup}")
     if channels_last is None:
         channels_last = device.type == "cuda"
-    chosen = list_variants(variants, triton=device.type == "cuda" and _has_triton())
+    chosen = list_variants(variants, triton=device.type == "cuda" and triton_available())
     log(f"a2d2c bench: {len(cases)} case(s) x {len(chosen)} variants on {_device_tag(device)}, "
         f"{dtype}, channels_last={channels_last}, {repeats} repeats, allocator "
         f"{allocator_state()}, torch {torch.__version__}, {platform.machine()}")
