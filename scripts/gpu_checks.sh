@@ -5,14 +5,16 @@
 #      bf16; tests/test_triton_mixed.py with A2D2C_TRITON_DEVICE=cuda, one autotune config);
 #   3. `a2d2c bench --device cuda --dtype bf16 --preset issue6` (issue 6's table on CUDA) and
 #      `--preset gpu` (issue 15's rows: CIFAR ResNet-18 b128 and ResNet-50 224² b64 training,
-#      peak memory), every layer with auto and with impl=triton; then the layer grid on CUDA
-#      (`--preset grid --grid reduced`, resumable) with what time is left;
+#      peak memory), every layer with auto, impl=triton and (where exact) impl=triton_plus;
+#      then the layer grid on CUDA (`--preset grid --grid reduced`, resumable) with what
+#      time is left;
 #   4. optionally (STUDIES="sampling num_points ..."), studies on CUDA, one process per
 #      (study, seed[, group of variants with SPLIT=n]) side by side, resuming the committed
 #      records under results/cuda/ (finished runs are skipped); the new records come back
 #      in $OUT/studies.tgz (unpack it in the repository root).
 # Each step has its own time limit, so a hang in one still returns the others' output; the
-# defaults (TEST_S + TRITON_S + BENCH_S + GPU_BENCH_S + GRID_S = 570 s) fit ~10 minutes.
+# defaults (TEST_S + TRITON_S + BENCH_S + GPU_BENCH_S + GPU_TRITON_S + GRID_S = 570 s) fit
+# ~10 minutes.
 # Usage: OUT=/tmp/gpu bash scripts/gpu_checks.sh
 # Needs: torch with CUDA, pyyaml, safetensors, tqdm, pytest (no install: runs from src/);
 # Fashion-MNIST under data/FashionMNIST/raw for the studies.
@@ -30,30 +32,35 @@ PY=${PYTHON:-python3}
 } 2>&1 | tee "$OUT/env.txt"
 
 echo "== CUDA tests"
-timeout "${TEST_S:-150}" "$PY" -m pytest -q -rs -p no:cacheprovider tests -k cuda 2>&1 | tee "$OUT/tests.txt"
+timeout "${TEST_S:-120}" "$PY" -m pytest -q -rs -p no:cacheprovider tests -k cuda 2>&1 | tee "$OUT/tests.txt"
 
 echo "== Triton kernels on the GPU (vs the float64 oracle)"
 A2D2C_TRITON_CHILD=1 A2D2C_TRITON_DEVICE=cuda A2D2C_TRITON_AUTOTUNE=0 \
-  timeout "${TRITON_S:-120}" "$PY" -m pytest -q -rs -p no:cacheprovider \
+  timeout "${TRITON_S:-150}" "$PY" -m pytest -q -rs -p no:cacheprovider \
   tests/test_triton_mixed.py 2>&1 | tee "$OUT/triton_tests.txt"
 
 echo "== bench (bf16)"
 # The baselines' measured choice ('<layer>:tuned') would also time (and compile) Triton for
 # every layer shape: left out here; A2D2C's (kernel/unfold/plus, whole layer) is in.
-timeout "${BENCH_S:-120}" "$PY" -m a2d2c bench --device cuda --dtype bf16 --preset issue6 \
+timeout "${BENCH_S:-90}" "$PY" -m a2d2c bench --device cuda --dtype bf16 --preset issue6 \
   --repeats 5 --variants 'a2d2c:*' condconv dcd dynamicconv odconv \
   --out "$OUT" 2>&1 | tee "$OUT/bench.txt"
 
 echo "== bench: issue 15's GPU rows (bf16)"
-# One Triton config per kernel (A2D2C_TRITON_AUTOTUNE=0): autotuning every distinct layer
-# shape of a ResNet-50 would spend the whole budget compiling; tune later, separately.
-A2D2C_TRITON_AUTOTUNE=0 timeout "${GPU_BENCH_S:-120}" "$PY" -m a2d2c bench --device cuda \
-  --dtype bf16 --preset gpu --repeats 5 --variants 'a2d2c:auto' 'a2d2c:tuned' 'a2d2c:triton' condconv \
-  'condconv:triton' dynamicconv 'dynamicconv:triton' odconv 'odconv:triton' \
-  --out "$OUT" 2>&1 | tee "$OUT/bench_gpu.txt"
+# Two runs (a preset's CSV is written at its end; a timeout in the second keeps the first):
+# the torch paths, then the Triton ones. One Triton config per kernel
+# (A2D2C_TRITON_AUTOTUNE=0): autotuning every distinct layer shape of a ResNet-50 would
+# spend the whole budget compiling; tune later, separately.
+timeout "${GPU_BENCH_S:-90}" "$PY" -m a2d2c bench --device cuda --dtype bf16 --preset gpu \
+  --repeats 5 --variants 'a2d2c:auto' 'a2d2c:tuned' condconv dynamicconv odconv \
+  --out "$OUT/gpu_rows" 2>&1 | tee "$OUT/bench_gpu.txt"
+A2D2C_TRITON_AUTOTUNE=0 timeout "${GPU_TRITON_S:-90}" "$PY" -m a2d2c bench --device cuda \
+  --dtype bf16 --preset gpu --repeats 5 --variants 'a2d2c:triton' 'a2d2c:triton_plus' \
+  'condconv:triton' 'condconv:triton_plus' 'dynamicconv:triton' 'dynamicconv:triton_plus' \
+  'odconv:triton' --out "$OUT/gpu_rows_triton" 2>&1 | tee "$OUT/bench_gpu_triton.txt"
 
 echo "== grid on CUDA (fp32, resumable: rerun to continue)"
-timeout "${GRID_S:-60}" "$PY" -m a2d2c bench --device cuda --preset grid --grid reduced \
+timeout "${GRID_S:-30}" "$PY" -m a2d2c bench --device cuda --preset grid --grid reduced \
   --repeats 3 --out "$OUT" 2>&1 | tail -n 40 | tee "$OUT/grid.txt"
 
 if [ -n "${STUDIES:-}" ]; then

@@ -428,7 +428,7 @@ def test_temperature_changes_attention():
     (dict(eval_sampling="random"), ValueError, r"eval_sampling must be one of .*'random'"),
     (dict(head="transformer"), ValueError, r"head must be one of \('direct', 'mlp'\)"),
     (dict(impl="fast"), ValueError,
-     r"impl must be one of \('auto', 'kernel', 'unfold', 'plus', 'triton'\)"),
+     r"impl must be one of \('auto', 'kernel', 'unfold', 'plus', 'triton', 'triton_plus'\)"),
     (dict(reduction=0), ValueError, r"reduction \(r\) must be a number in \(0, 1\]"),
     (dict(temperature=0.0), ValueError, r"temperature must be a finite number > 0"),
     (dict(groups=3), ValueError, r"in_channels must be divisible by groups, got in_channels=4"),

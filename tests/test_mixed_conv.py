@@ -6,6 +6,9 @@ positions that shares no code with the op.
 
 from __future__ import annotations
 
+import importlib.util
+import os
+
 import pytest
 import torch
 from torch.utils._python_dispatch import TorchDispatchMode
@@ -127,6 +130,8 @@ def test_plus_rejects_tap_dependent_coefficients():
     x, weight, coeff, *_ = _make("BKkk", "plain", "none", "")
     with pytest.raises(ValueError, match="impl='plus' is exact only"):
         mixed_conv2d(x, weight, coeff, impl="plus")
+    with pytest.raises(ValueError, match="impl='triton_plus' is exact only"):
+        mixed_conv2d(x, weight, coeff, impl="triton_plus")
     with pytest.raises(ValueError, match=r"bias of shape \(K, O\)"):
         mixed_conv2d(x, weight, coeff, torch.zeros(K, O, dtype=D))
 
@@ -347,3 +352,13 @@ def test_workspace_survives_inference_mode_then_training():
                            impl="kernel")
         want = torch.nn.functional.conv2d(x, torch.ones(3, 8, 3, 3), padding=1)
         torch.testing.assert_close(got, want)
+
+
+@pytest.mark.skipif(importlib.util.find_spec("triton") is None
+                    or os.environ.get("TRITON_INTERPRET", "0") not in ("", "0"),
+                    reason="needs triton, without its CPU interpreter")
+@pytest.mark.parametrize("impl", ["triton", "triton_plus"])
+def test_triton_paths_on_cpu_tensors_say_what_to_use(impl):
+    x, weight, coeff, *_ = _make("BKO", "plain", "none", "")
+    with pytest.raises(ValueError, match=rf"impl='{impl}' needs CUDA tensors .*use impl='auto'"):
+        mixed_conv2d(x.float(), weight.float(), coeff.float(), impl=impl)

@@ -158,10 +158,13 @@ def test_bench_smoke_writes_csv_with_finite_ratios(tmp_path, one_thread):
 
     labels = [v.label for v in list_variants()]
     assert labels[0] == "static"
-    assert {f"a2d2c:{impl}" for impl in a2d2c.layers.a2d2c.IMPLS if impl != "triton"} <= set(
-        labels)
-    assert "a2d2c:triton" not in labels  # CUDA only
-    assert {"a2d2c:triton", "odconv:triton"} <= {v.label for v in list_variants(triton=True)}
+    assert {f"a2d2c:{impl}" for impl in a2d2c.layers.a2d2c.IMPLS
+            if not impl.startswith("triton")} <= set(labels)
+    assert not any("triton" in label for label in labels)  # CUDA only
+    gpu = {v.label for v in list_variants(triton=True)}
+    assert {"a2d2c:triton", "a2d2c:triton_plus", "odconv:triton", "condconv:triton_plus",
+            "dynamicconv:triton_plus"} <= gpu
+    assert "odconv:triton_plus" not in gpu  # exact only for 1x1 kernels
     others = set(a2d2c.list_conv_layers()) - {"static", "a2d2c", "a2d2c+"}
     assert others <= set(labels)  # every registered baseline, automatically
 
@@ -300,3 +303,24 @@ def test_cost_model_on_both_committed_grids_out_of_sample():
     assert len(both) == 2 * len(one)
     got = grid_fit.summarize(grid_fit.model_regrets(both[len(one):]))
     assert got["geo_mean"] <= GRID_GEO_MEAN_BOUND and got["max"] <= 2.0, got
+
+
+def test_gpu_checks_script_names_only_real_variants():
+    """Each `--variants` pattern of scripts/gpu_checks.sh matches a bench variant (a typo
+    would cost a GPU run: the bench would just leave the row out)."""
+    import fnmatch
+    import re
+    import shlex
+    from pathlib import Path
+
+    from a2d2c.tools.benchmark import list_variants
+
+    text = Path(__file__).resolve().parents[1].joinpath("scripts", "gpu_checks.sh").read_text()
+    labels = [v.label for v in list_variants(triton=True)]
+    runs = re.findall(r"--variants((?:[^\n]|\\\n)*?)--out", text)
+    assert len(runs) >= 3
+    for run in runs:
+        patterns = shlex.split(run.replace("\\\n", " "))
+        assert patterns
+        for pattern in patterns:
+            assert any(fnmatch.fnmatch(label, pattern) for label in labels), pattern

@@ -1,4 +1,5 @@
-"""The Triton kernels of ``mixed_conv2d(impl="triton")`` against the float64 loop oracle.
+"""The Triton kernels of ``mixed_conv2d(impl="triton")`` and ``impl="triton_plus"``
+against the float64 loop oracle.
 
 ``TRITON_INTERPRET`` must be set before the kernels are defined, so without a GPU this
 module re-runs itself in a child process with ``TRITON_INTERPRET=1`` (CPU tensors, tiny
@@ -40,7 +41,7 @@ def test_triton_kernels_under_the_interpreter():
 @pytest.mark.skipif(CHILD, reason="runs in the parent only")
 @pytest.mark.parametrize("dtype", ["fp32", "fp16", "bf16"])
 def test_triton_kernels_compile_for_an_h100_class_gpu(dtype):
-    """No GPU needed: Triton lowers the three kernels to PTX and cubin for sm_90."""
+    """No GPU needed: Triton lowers every kernel to PTX and cubin for sm_90."""
     import triton
     from triton.backends import backends
     from triton.backends.compiler import GPUTarget
@@ -52,9 +53,13 @@ def test_triton_kernels_compile_for_an_h100_class_gpu(dtype):
     from a2d2c.ops import _triton_mixed as tm
 
     flags = dict(HAS_IN=True, HAS_OUT=True, HAS_BIAS=True)
-    for kernel in (tm._fwd, tm._bwd_input, tm._bwd_kernel):
+    kernels = [(tm._fwd, {}), (tm._bwd_input, {}), (tm._bwd_kernel, {}),
+               (tm._plus_fwd, dict(GRAD=False)), (tm._plus_fwd, dict(GRAD=True)),
+               (tm._plus_bwd_input, {}), (tm._plus_bwd_weight, {})]
+    for kernel, mode in kernels:
         fn = kernel.fn  # under the autotuner
-        consts = dict(KH=3, KW=3, BLOCK_M=64, BLOCK_N=64, BLOCK_K=32, DOT_F32=dtype == "fp32")
+        consts = dict(KH=3, KW=3, BLOCK_M=64, BLOCK_N=64, BLOCK_K=32, DOT_F32=dtype == "fp32",
+                      **mode)
         consts.update({k: v for k, v in flags.items() if k in fn.arg_names})
         data = {"x_ptr", "y_ptr", "gy_ptr", "gx_ptr"}  # the rest (weights, attention) fp32
         sig = {n: "constexpr" if n in consts else (f"*{dtype}" if n in data else "*fp32")
@@ -81,7 +86,7 @@ TOL = {torch.float32: dict(rtol=1e-4, atol=1e-4), torch.float16: dict(rtol=2e-2,
        torch.bfloat16: dict(rtol=5e-2, atol=1e-1)}
 
 
-def _case(geo, coeff, dtype, scales, bias, channels_last):
+def _case(geo, coeff, dtype, scales, bias, channels_last, impl="triton"):
     from _mixed_oracle import oracle
     from a2d2c.ops import mixed_conv2d
 
@@ -113,7 +118,7 @@ def _case(geo, coeff, dtype, scales, bias, channels_last):
     wl = cast(weight, dtype)
     al, sil, sol, bl = cast(a, None), cast(s_in, None), cast(s_out, None), cast(b_t, None)
     got = mixed_conv2d(xl, wl, al, bl, stride, padding, dilation, g, in_scale=sil,
-                       out_scale=sol, impl="triton")
+                       out_scale=sol, impl=impl)
     assert got.dtype == dtype and got.shape == want.shape
     if channels_last:
         assert got.is_contiguous(memory_format=torch.channels_last)
@@ -145,17 +150,76 @@ def test_triton_matches_float64_oracle(geo, coeff, dtype, scales, bias, channels
     _case(geo, coeff, dtype, scales, bias, channels_last)
 
 
+# The fused plus form: coefficients independent of the tap ((B, K), (B, K, O); ODConv's
+# (B, K, kh, kw) with 1x1 kernels), every geometry; the 16-row interpreter blocks do not
+# divide the positions per sample (e.g. 7·6 = 42), so some blocks span two samples
+PLUS_CASES = (
+    [(geo, "BKO", torch.float32, True, True, False) for geo in GEOMETRIES]
+    + [("1x1_stride2", "BKkk", torch.float32, True, True, False),
+       ("strided_grouped", "BK", torch.float16, True, False, False),
+       ("3x3", "BK", torch.float32, False, False, True),
+       ("depthwise", "BKO", torch.float16, False, True, True)]
+    + ([("3x3", "BKO", torch.bfloat16, True, True, False)] if DEVICE == "cuda" else [])
+)
+
+
+@pytest.mark.skipif(not CHILD, reason="run by test_triton_kernels_under_the_interpreter")
+@pytest.mark.parametrize("geo,coeff,dtype,scales,bias,channels_last", PLUS_CASES)
+def test_triton_plus_matches_float64_oracle(geo, coeff, dtype, scales, bias, channels_last):
+    _case(geo, coeff, dtype, scales, bias, channels_last, impl="triton_plus")
+
+
+@pytest.mark.skipif(not CHILD, reason="run by test_triton_kernels_under_the_interpreter")
+def test_triton_plus_splits_the_kernel_gradient():
+    """Several (sample, position) runs add up atomically in the base-kernel gradient."""
+    from _mixed_oracle import oracle
+    from a2d2c.ops import _triton_mixed as tm
+    from a2d2c.ops import mixed_conv2d
+
+    torch.manual_seed(1)
+    d = torch.float64
+    x = torch.randn(5, 2, 13, 11, dtype=d)  # 715 (sample, position) pairs: 3 runs of 256
+    weight = torch.randn(2, 3, 2, 3, 3, dtype=d, requires_grad=True)
+    a = torch.rand(5, 2, dtype=d)
+    assert tm._plus_split(5 * 13 * 11, 1) == (3, 256)
+    want = oracle(x, weight, a, None, (1, 1), (1, 1), (1, 1), 1, None, None)
+    gy = torch.randn_like(want)
+    (want_w,) = torch.autograd.grad(want, [weight], gy)
+    wl = weight.detach().float().to(DEVICE).requires_grad_(True)
+    got = mixed_conv2d(x.float().to(DEVICE), wl, a.float().to(DEVICE), padding=1,
+                       impl="triton_plus")
+    (got_w,) = torch.autograd.grad(got, [wl], gy.float().to(DEVICE))
+    torch.testing.assert_close(got_w.double().cpu(), want_w, rtol=1e-4, atol=1e-4)
+
+
 @pytest.mark.skipif(not CHILD, reason="run by test_triton_kernels_under_the_interpreter")
 def test_triton_layers_match_kernel_form():
-    """Every layer with impl='triton' against the same layer with impl='kernel'."""
+    """Every layer with impl='triton' / 'triton_plus' against the same layer with
+    impl='kernel' (outputs and parameter gradients)."""
     import a2d2c
 
     dtype = torch.float32
-    for cls in (a2d2c.CondConv2d, a2d2c.DynamicConv2d, a2d2c.ODConv2d):
+    cases = [(a2d2c.CondConv2d, 3, ("triton", "triton_plus")),
+             (a2d2c.DynamicConv2d, 3, ("triton", "triton_plus")),
+             (a2d2c.ODConv2d, 3, ("triton",)), (a2d2c.ODConv2d, 1, ("triton_plus",)),
+             (a2d2c.A2D2Conv2d, 3, ("triton", "triton_plus"))]
+    for cls, size, impls in cases:
         torch.manual_seed(0)
-        layer = cls(5, 6, 3, padding=1, num_kernels=3).to(DEVICE, dtype)
+        layer = cls(5, 6, size, padding=size // 2, num_kernels=3).to(DEVICE, dtype)
         x = torch.randn(2, 5, 6, 7, device=DEVICE, dtype=dtype)
-        layer.impl = "kernel"
-        want = layer(x)
-        layer.impl = "triton"
-        torch.testing.assert_close(layer(x), want, rtol=1e-4, atol=1e-4)
+        results = {}
+        for impl in ("kernel", *impls):
+            layer.impl = impl
+            torch.manual_seed(1)  # A2D2C draws its sampled positions
+            y = layer(x)
+            grads = torch.autograd.grad(y, list(layer.parameters()), torch.ones_like(y),
+                                        allow_unused=True)
+            results[impl] = (y, grads)
+        want_y, want_g = results["kernel"]
+        for impl in impls:
+            y, grads = results[impl]
+            torch.testing.assert_close(y, want_y, rtol=1e-4, atol=1e-4,
+                                       msg=lambda m, i=impl, c=cls: f"{c.__name__} {i}: {m}")
+            for gg, gw in zip(grads, want_g, strict=True):
+                if gw is not None:
+                    torch.testing.assert_close(gg, gw, rtol=1e-4, atol=1e-4)

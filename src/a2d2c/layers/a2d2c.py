@@ -62,6 +62,7 @@ from ..ops.mixed_conv import (
     mixed_conv2d,
     per_sample_conv,
     plus_responses,
+    triton_available,
 )
 from ._base import TemperatureMixin, check_choice, check_positive_int
 from ._dynamic_functional import DynamicConvBase, check_ratio
@@ -78,7 +79,7 @@ DESCRIPTORS = ("raw", "standardized")
 LOGIT_SCALES = ("none", "layer", "channel")
 #: ε of the standardised descriptor's variance (float32-safe, tiny next to a trained p̄'s)
 STANDARDIZE_EPS = 1e-6
-IMPLS = ("auto", "kernel", "unfold", "plus", "triton")
+IMPLS = ("auto", "kernel", "unfold", "plus", "triton", "triton_plus")
 
 
 class A2D2Conv2d(TemperatureMixin, DynamicConvBase):
@@ -107,7 +108,9 @@ class A2D2Conv2d(TemperatureMixin, DynamicConvBase):
             :class:`a2d2c.TemperatureScheduler`).
         impl: ``"kernel"`` (A²D²C), ``"unfold"`` (the same, by im2col + GEMM),
             ``"plus"`` (A²D²C+), ``"triton"`` (the kernel form as fused Triton kernels,
-            CUDA only; see :func:`a2d2c.ops.mixed_conv2d`) or ``"auto"``.
+            CUDA only; see :func:`a2d2c.ops.mixed_conv2d`), ``"triton_plus"`` (the
+            descriptor of the kernel form, then the convolution as the op's fused Triton
+            plus form: K dense contractions mixed in registers, CUDA only) or ``"auto"``.
         fixed_seed: seed of the ``"fixed"`` point sets (the same in every process).
 
     Shape:
@@ -450,6 +453,10 @@ class A2D2Conv2d(TemperatureMixin, DynamicConvBase):
         convolution; the forms compute the descriptor differently), on this input and
         these sampled positions, so no random numbers are drawn."""
         candidates = [modelled, *(i for i in exact_impls(False) if i != modelled)]
+        fallible: tuple[str, ...] = ()
+        if x.device.type == "cuda" and triton_available():
+            fallible = ("triton", "triton_plus")  # compiled on first use, may fail
+            candidates.extend(fallible)
         key = tuning.signature(
             "A2D2Conv2d", (x, self.weight, self.bias, idx), self.kernel_size, self.stride,
             pad, self.dilation, self.groups, self.head, self.descriptor, self.logit_scale,
@@ -463,7 +470,7 @@ class A2D2Conv2d(TemperatureMixin, DynamicConvBase):
 
             tuning.replay(layer, (x,), params=list(self.parameters()))
 
-        return tuning.tuned_choice(key, candidates, run, x.device)
+        return tuning.tuned_choice(key, candidates, run, x.device, fallible=fallible)
 
     def _patch_means(self, x: Tensor, pad: tuple[int, int], idx: Tensor | None,
                      ho: int, wo: int) -> Tensor:

@@ -32,7 +32,7 @@ class CondConv2d(DynamicConvBase):
         num_kernels: ``K``, the number of experts (the paper's ResNet/MobileNet results
             use 8).
         impl: the path of :func:`a2d2c.ops.mixed_conv2d` (``"auto"``, ``"kernel"``,
-            ``"unfold"``, ``"plus"`` or ``"triton"``); all are exact.
+            ``"unfold"``, ``"plus"``, ``"triton"`` or ``"triton_plus"``); all are exact.
 
     Attributes:
         weight: ``(K, O, C/groups, kh, kw)``, the experts.

@@ -41,7 +41,7 @@ class DynamicConv2d(TemperatureMixin, DynamicConvBase):
             (the paper's squeeze ratio 4, i.e. 0.25).
         temperature: initial softmax temperature ``τ`` (a buffer).
         impl: the path of :func:`a2d2c.ops.mixed_conv2d` (``"auto"``, ``"kernel"``,
-            ``"unfold"``, ``"plus"`` or ``"triton"``); all are exact.
+            ``"unfold"``, ``"plus"``, ``"triton"`` or ``"triton_plus"``); all are exact.
 
     Attributes:
         weight: ``(K, O, C/groups, kh, kw)``; bias: ``(K, O)`` or ``None``.

@@ -55,7 +55,8 @@ class ODConv2d(TemperatureMixin, DynamicConvBase):
         temperature: initial ``τ`` (a buffer), dividing the logits of all four heads as
             in the official implementation; at ``τ = 1`` it has no effect.
         impl: the path of :func:`a2d2c.ops.mixed_conv2d` (``"auto"``, ``"kernel"``,
-            ``"unfold"``, ``"triton"``, and ``"plus"`` for ``1×1`` kernels); all exact.
+            ``"unfold"``, ``"triton"``, and ``"plus"``/``"triton_plus"`` for ``1×1`` kernels); all
+            exact.
 
     Attributes:
         weight: ``(K, O, C/groups, kh, kw)``; bias: ``(K, O)`` or ``None``. The bias of
@@ -105,9 +106,9 @@ class ODConv2d(TemperatureMixin, DynamicConvBase):
         self._init_kernel_bank(num_kernels, bias, factory)
         h = self.hidden_channels = max(int(in_channels * self.reduction), self.min_hidden)
         taps = g.kernel_size[0] * g.kernel_size[1]
-        if impl == "plus" and taps > 1:
+        if impl in ("plus", "triton_plus") and taps > 1:
             raise ValueError(
-                "impl='plus' is exact for ODConv only with 1x1 kernels (its spatial attention "
+                f"impl={impl!r} is exact for ODConv only with 1x1 kernels (its spatial attention "
                 f"depends on the tap), got kernel_size={g.kernel_size}; use 'auto' or 'kernel'")
         depthwise = in_channels == groups == out_channels
         self.fc = nn.Linear(in_channels, h, **factory)

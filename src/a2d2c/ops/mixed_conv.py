@@ -25,6 +25,12 @@ Exact paths (``impl``):
 ``"triton"``
     The kernel form as a fused Triton implicit-GEMM kernel (see
     :mod:`a2d2c.ops._triton_mixed`); CUDA tensors, or CPU under ``TRITON_INTERPRET=1``.
+``"triton_plus"``
+    The plus form as fused Triton kernels: each of the ``K`` responses is contracted in
+    registers and mixed into the output tile, so the ``K·O`` feature maps are never
+    stored, and a tile of output positions may span several samples (the kernel form's
+    cannot: on small maps its tiles are mostly empty). Exact where ``a`` does not depend
+    on the tap; CUDA tensors, or CPU under ``TRITON_INTERPRET=1``.
 ``"auto"``
     The cheapest exact path by the cost model of :mod:`a2d2c.ops.cost`; or, with
     benchmarking on (:func:`a2d2c.ops.tuning.set_benchmark`), the fastest measured on
@@ -70,7 +76,8 @@ __all__ = [
     "triton_available",
 ]
 
-IMPLS = ("auto", "kernel", "unfold", "plus", "triton")
+IMPLS = ("auto", "kernel", "unfold", "plus", "triton", "triton_plus")
+_TRITON = ("triton", "triton_plus")
 _KERNEL_METHODS = ("kernel", "unfold")
 
 
@@ -341,7 +348,7 @@ def _composite(x, weight, a, in_scale, out_scale, bias_b, conf):
     """The kernel/unfold paths in plain differentiable ops (graph capture, torch.func,
     higher-order gradients)."""
     stride, padding, dilation, groups, method, cdt = conf
-    method = "kernel" if method == "triton" else method
+    method = "kernel" if method in _TRITON else method
     k, o, cg = weight.shape[:3]
     ksize = tuple(weight.shape[3:])
     wdt = weight.dtype
@@ -367,6 +374,11 @@ class _MixedConv(torch.autograd.Function):
 
             return triton_forward(x.to(cdt), weight, a, in_scale, out_scale,
                                   None if bias_b is None else bias_b.to(cdt), conf)
+        if method == "triton_plus":
+            from ._triton_mixed import triton_plus_forward
+
+            return triton_plus_forward(x.to(cdt), weight, a, in_scale, out_scale,
+                                       None if bias_b is None else bias_b.to(cdt), conf)
         k, o, cg = weight.shape[:3]
         wdt = weight.dtype
         w_flat = weight.reshape(k, o, cg, -1)
@@ -427,6 +439,9 @@ def _composite_backward(conf, needs, grad_y, *inputs):
 
 def _kernel_backward(conf, needs, grad_y, x, weight, a, in_scale, out_scale, bias_b):
     stride, padding, dilation, groups, method = conf[:5]
+    if method == "triton_plus":
+        return _triton_plus_backward(conf, needs, grad_y, x, weight, a, in_scale, out_scale,
+                                     bias_b)
     if method == "unfold":
         ho, wo = _out_size(x.shape[2:], tuple(weight.shape[3:]), stride, padding, dilation)
         blocks = _out_blocks(x, weight, groups, method, ho * wo)
@@ -513,6 +528,41 @@ def _kernel_backward_chunk(conf, needs, grad_y, x, weight, a, in_scale, out_scal
             None if grad_in is None else grad_in.to(in_scale.dtype),
             None if grad_out is None else grad_out.to(out_scale.dtype),
             grad_bias)
+
+
+def _triton_plus_backward(conf, needs, grad_y, x, weight, a, in_scale, out_scale, bias_b):
+    """Backward of ``impl="triton_plus"``: the kernels give ``∂(s_in ⊙ x)``, ``∂W`` and the
+    response sums ``G[b, k, o] = Σ_p ∂y · conv(s_in ⊙ x, W_k)`` (see
+    :func:`a2d2c.ops._triton_mixed.triton_plus_backward`); the rest are small contractions:
+    ``∂a = s_out ⊙ G`` (summed over ``O`` for ``(B, K)`` coefficients), ``∂s_out = Σ_k a ⊙
+    G``, ``∂s_in = Σ_q x ⊙ ∂(s_in ⊙ x)``."""
+    from ._triton_mixed import triton_plus_backward
+
+    cdt = conf[5]
+    want_xs = needs[0] or (in_scale is not None and needs[3])
+    want_resp = needs[2] or (out_scale is not None and needs[4])
+    with torch.autocast(x.device.type, enabled=False):
+        grad_xs, grad_w, resp = triton_plus_backward(grad_y, x.to(cdt), weight, a, in_scale,
+                                                     out_scale, conf,
+                                                     (want_xs, needs[1], want_resp))
+    grad_x = grad_in = grad_a = grad_out = grad_bias = None
+    if needs[0]:
+        grad_x = grad_xs if in_scale is None else grad_xs * in_scale.to(grad_xs.dtype)[
+            :, :, None, None]
+        grad_x = grad_x.to(x.dtype)
+    if in_scale is not None and needs[3]:
+        grad_in = (grad_xs.float() * x.float()).sum((2, 3)).to(in_scale.dtype)
+    if needs[2]:
+        ga = resp if out_scale is None else resp * out_scale.float()[:, None, :]
+        if a.shape[2] == 1:
+            ga = ga.sum(2, keepdim=True)
+        grad_a = ga.unsqueeze(-1).to(a.dtype)
+    if out_scale is not None and needs[4]:
+        grad_out = (resp * a[..., 0].float()).sum(1).to(out_scale.dtype)
+    if bias_b is not None and needs[5]:
+        grad_bias = grad_y.sum((2, 3)).to(bias_b.dtype)
+    return (grad_x, None if grad_w is None else grad_w.reshape(weight.shape).to(weight.dtype),
+            grad_a, grad_in, grad_out, grad_bias)
 
 
 def _block_args(a: Tensor, w_flat: Tensor, out_scale: Tensor | None, blk: slice):
@@ -783,8 +833,9 @@ def _measured_impl(args: tuple, modelled: str, per_tap: bool, stride: tuple[int,
     candidates = [modelled, *(i for i in exact_impls(per_tap) if i != modelled)]
     fallible: tuple[str, ...] = ()
     if x.device.type == "cuda" and triton_available():
-        candidates.append("triton")  # the fused kernel: compiled on first use, may fail
-        fallible = ("triton",)
+        # the fused kernels: compiled on first use, may fail
+        fallible = ("triton",) if per_tap else _TRITON
+        candidates.extend(fallible)
     key = tuning.signature("mixed_conv2d", args, stride, padding, dilation, groups)
 
     def run(impl: str) -> None:
@@ -831,7 +882,8 @@ def mixed_conv2d(
         out_scale: ``(B, O)`` output-channel scale ``s_out``, or ``None`` (applied before
             the bias: ``y = s_out ⊙ conv(s_in ⊙ x, W̃) + b̃``).
         impl: ``"auto"``, ``"kernel"``, ``"unfold"``, ``"plus"`` (only for ``coeff``
-            independent of the tap) or ``"triton"``.
+            independent of the tap), ``"triton"`` or ``"triton_plus"`` (the fused plus
+            form; only for ``coeff`` independent of the tap).
 
     Returns:
         ``(B, O, H', W')``. Differentiable in every tensor argument.
@@ -864,11 +916,11 @@ def mixed_conv2d(
         if tuning.is_benchmark_enabled() and not tracing and not _functorch_active():
             impl = _measured_impl(args, impl, cf.per_tap, stride, padding, dilation, groups)
     cdt = compute_dtype(x)
+    if impl in ("plus", "triton_plus") and cf.per_tap:
+        raise ValueError(
+            f"mixed_conv2d: impl={impl!r} is exact only for coefficients independent of the "
+            "tap (coeff (B, K) or (B, K, O)); use impl='kernel', 'unfold' or 'triton'")
     if impl == "plus":
-        if cf.per_tap:
-            raise ValueError(
-                "mixed_conv2d: impl='plus' is exact only for coefficients independent of the "
-                "tap (coeff (B, K) or (B, K, O)); use impl='kernel', 'unfold' or 'triton'")
         return _plus(x, weight, cf, in_scale, out_scale, bias_b, stride, padding, dilation,
                      groups, cdt)
     conf = (stride, padding, dilation, groups, impl, cdt)

@@ -161,7 +161,8 @@ def list_variants(patterns: Sequence[str] | None = None, *, triton: bool = False
 
     ``patterns``: optional shell-style patterns on the labels (``static`` is always kept,
     it is the reference). ``triton``: also ``<layer>:triton`` for every layer with a
-    selectable ``impl`` (CUDA only).
+    selectable ``impl`` and ``<layer>:triton_plus`` where it is exact for every kernel
+    size (CUDA only).
     """
     out = [Variant("static", "static")]
     a2d2c_done = False
@@ -171,7 +172,7 @@ def list_variants(patterns: Sequence[str] | None = None, *, triton: bool = False
         if _is_a2d2c(name):
             if not a2d2c_done:
                 out += [Variant(f"a2d2c:{impl}", name, impl) for impl in IMPLS
-                        if impl != "triton" or triton]
+                        if not impl.startswith("triton") or triton]
                 out.append(Variant("a2d2c:tuned", name, TUNED))
                 a2d2c_done = True
             continue
@@ -180,6 +181,8 @@ def list_variants(patterns: Sequence[str] | None = None, *, triton: bool = False
             out.append(Variant(f"{name}:tuned", name, TUNED))
         if triton and name in ("condconv", "dynamicconv", "odconv"):
             out.append(Variant(f"{name}:triton", name, "triton"))
+        if triton and name in ("condconv", "dynamicconv"):  # ODConv's: 1x1 only
+            out.append(Variant(f"{name}:triton_plus", name, "triton_plus"))
     if patterns:
         out = [v for v in out if v.label == "static"
                or any(fnmatch.fnmatch(v.label, p) for p in patterns)]
