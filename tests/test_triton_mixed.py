@@ -223,3 +223,26 @@ def test_triton_layers_match_kernel_form():
             for gg, gw in zip(grads, want_g, strict=True):
                 if gw is not None:
                     torch.testing.assert_close(gg, gw, rtol=1e-4, atol=1e-4)
+
+
+@pytest.mark.skipif(not CHILD, reason="run by test_triton_kernels_under_the_interpreter")
+def test_triton_plus_saves_no_responses():
+    """Training memory: the fused plus form saves its inputs only; the torch plus form
+    saves the K·O response maps (here 4·8 maps of 8×8, batch 2)."""
+    from a2d2c.ops import mixed_conv2d
+    from a2d2c.tools.benchmark import saved_activation_bytes
+
+    torch.manual_seed(0)
+    k, c, o, b = 4, 3, 8, 2
+    x = torch.randn(b, c, 8, 8, device=DEVICE, requires_grad=True)
+    weight = torch.randn(k, o, c, 3, 3, device=DEVICE, requires_grad=True)
+    coeff = torch.rand(b, k, o, device=DEVICE, requires_grad=True)
+
+    def saved(impl):
+        return saved_activation_bytes(
+            lambda: mixed_conv2d(x, weight, coeff, padding=1, impl=impl), exclude=[weight])
+
+    inputs = (x.numel() + coeff.numel()) * 4
+    responses = b * k * o * 8 * 8 * 4
+    assert saved("triton_plus") == inputs
+    assert saved("plus") >= responses
