@@ -246,3 +246,33 @@ def test_triton_plus_saves_no_responses():
     responses = b * k * o * 8 * 8 * 4
     assert saved("triton_plus") == inputs
     assert saved("plus") >= responses
+
+
+@pytest.mark.skipif(not CHILD, reason="run by test_triton_kernels_under_the_interpreter")
+@pytest.mark.parametrize("impl", ["triton", "triton_plus"])
+def test_triton_paths_under_autocast(impl):
+    """Under autocast the kernels convolve in the autocast dtype; float32 leaves get
+    float32 gradients, close to the float64 oracle's."""
+    from _mixed_oracle import oracle
+    from a2d2c.ops import mixed_conv2d
+
+    low = torch.float16 if DEVICE == "cuda" else torch.bfloat16
+    torch.manual_seed(0)
+    d = torch.float64
+    x = torch.randn(2, 4, 6, 5, dtype=d, requires_grad=True)
+    weight = (torch.randn(3, 5, 4, 3, 3, dtype=d) / 6).requires_grad_(True)
+    a = torch.rand(2, 3, 5, dtype=d, requires_grad=True)
+    want = oracle(x, weight, a, None, (1, 1), (1, 1), (1, 1), 1, None, None)
+    gy = torch.randn_like(want)
+    want_grads = torch.autograd.grad(want, [x, weight, a], gy)
+    leaves = [t.detach().float().to(DEVICE).requires_grad_(True) for t in (x, weight, a)]
+    with torch.autocast(DEVICE, dtype=low):
+        got = mixed_conv2d(*leaves, padding=1, impl=impl)
+    assert got.dtype == low
+    grads = torch.autograd.grad(got, leaves, gy.to(DEVICE, low))
+    tol = TOL[torch.bfloat16]
+    torch.testing.assert_close(got.double().cpu(), want.detach(), **tol)
+    for gg, gw in zip(grads, want_grads, strict=True):
+        assert gg.dtype == torch.float32
+        scale = max(1.0, gw.abs().max().item())
+        torch.testing.assert_close(gg.double().cpu() / scale, gw / scale, **tol)
