@@ -36,9 +36,10 @@ Exact paths (``impl``):
     benchmarking on (:func:`a2d2c.ops.tuning.set_benchmark`), the fastest measured on
     the first call of each shape (like ``torch.backends.cudnn.benchmark``).
 
-The kernel and unfold paths are a custom autograd function that saves only its inputs:
-never the ``B·O·C/g·kh·kw`` per-sample kernels (recomputed in backward for ``~K``
-multiply-adds per element, well below the convolution). Where the custom function cannot
+The kernel, unfold and Triton paths are one custom autograd function that saves only
+its inputs: never the ``B·O·C/g·kh·kw`` per-sample kernels (recomputed in backward for
+``~K`` multiply-adds per element, well below the convolution) nor, for ``triton_plus``,
+the ``K`` responses. Where the custom function cannot
 serve, the same math runs in plain differentiable ops (the *composite* path): inside
 ``torch.compile``/ONNX export, under ``torch.func`` transforms (``vmap``, ``grad``,
 ``jacrev``), and in a backward pass that builds a graph (``create_graph=True``, double
@@ -364,7 +365,7 @@ def _composite(x, weight, a, in_scale, out_scale, bias_b, conf):
 
 
 class _MixedConv(torch.autograd.Function):
-    """Kernel/unfold paths; saves ``x``, ``weight``, ``a`` and the scales only."""
+    """Kernel, unfold and Triton paths; saves ``x``, ``weight``, ``a`` and the scales only."""
 
     @staticmethod
     def forward(x, weight, a, in_scale, out_scale, bias_b, conf):
