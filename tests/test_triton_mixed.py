@@ -276,3 +276,29 @@ def test_triton_paths_under_autocast(impl):
         assert gg.dtype == torch.float32
         scale = max(1.0, gw.abs().max().item())
         torch.testing.assert_close(gg.double().cpu() / scale, gw / scale, **tol)
+
+
+@pytest.mark.skipif(not CHILD, reason="run by test_triton_kernels_under_the_interpreter")
+def test_triton_plus_backward_under_deterministic_algorithms():
+    """Its atomics are not deterministic: an error under use_deterministic_algorithms(True)
+    (a warning with warn_only=True, and still the right gradient)."""
+    from a2d2c.ops import mixed_conv2d
+
+    torch.manual_seed(0)
+    x = torch.randn(2, 3, 5, 5, device=DEVICE)
+    weight = torch.randn(2, 4, 3, 3, 3, device=DEVICE, requires_grad=True)
+    a = torch.rand(2, 2, device=DEVICE)
+    (want,) = torch.autograd.grad(mixed_conv2d(x, weight, a, padding=1, impl="kernel").sum(),
+                                  [weight])
+    try:
+        torch.use_deterministic_algorithms(True)
+        y = mixed_conv2d(x, weight, a, padding=1, impl="triton_plus")  # forward: no atomics
+        with pytest.raises(RuntimeError, match=r"triton_plus.*not deterministic"):
+            torch.autograd.grad(y.sum(), [weight])
+        torch.use_deterministic_algorithms(True, warn_only=True)
+        y = mixed_conv2d(x, weight, a, padding=1, impl="triton_plus")
+        with pytest.warns(UserWarning, match="not deterministic"):
+            (got,) = torch.autograd.grad(y.sum(), [weight])
+    finally:
+        torch.use_deterministic_algorithms(False)
+    torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-4)

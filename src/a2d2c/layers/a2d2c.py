@@ -455,7 +455,9 @@ class A2D2Conv2d(TemperatureMixin, DynamicConvBase):
         candidates = [modelled, *(i for i in exact_impls(False) if i != modelled)]
         fallible: tuple[str, ...] = ()
         if x.device.type == "cuda" and triton_available():
-            fallible = ("triton", "triton_plus")  # compiled on first use, may fail
+            # compiled on first use, may fail; triton_plus's backward uses atomics
+            fallible = (("triton",) if torch.are_deterministic_algorithms_enabled()
+                        else ("triton", "triton_plus"))
             candidates.extend(fallible)
         key = tuning.signature(
             "A2D2Conv2d", (x, self.weight, self.bias, idx), self.kernel_size, self.stride,

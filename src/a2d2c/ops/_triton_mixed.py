@@ -30,6 +30,7 @@ to fp32 (the interpreter's bf16 ``tl.dot`` is wrong).
 from __future__ import annotations
 
 import os
+import warnings
 from collections.abc import Sequence
 
 import torch
@@ -618,6 +619,13 @@ def triton_plus_backward(grad_y: Tensor, x: Tensor, weight: Tensor, a: Tensor,
     base kernels, responses), the last two in float32; ``G[b, k, o] = Σ_p ∂y[b, o, p] ·
     conv(s_in ⊙ x, W_k)[b, o, p]``. The torch side turns them into the gradients of
     ``x``, ``s_in``, ``coeff`` and ``s_out``."""
+    if (needs[1] or needs[2]) and torch.are_deterministic_algorithms_enabled():
+        msg = ("mixed_conv2d: impl='triton_plus' adds the base-kernel and coefficient "
+               "gradients with float32 atomics, which are not deterministic; use "
+               "impl='triton' or 'kernel' with torch.use_deterministic_algorithms(True)")
+        if not torch.is_deterministic_algorithms_warn_only_enabled():
+            raise RuntimeError(msg)
+        warnings.warn(msg, stacklevel=2)
     stride, padding, dilation, groups = conf[:4]
     b, h, w, ho, wo, k, o, cg, kh, kw, og, w4, a3 = _plus_common(x, weight, a, conf)
     taps = kh * kw

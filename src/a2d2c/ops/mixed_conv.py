@@ -834,8 +834,10 @@ def _measured_impl(args: tuple, modelled: str, per_tap: bool, stride: tuple[int,
     candidates = [modelled, *(i for i in exact_impls(per_tap) if i != modelled)]
     fallible: tuple[str, ...] = ()
     if x.device.type == "cuda" and triton_available():
-        # the fused kernels: compiled on first use, may fail
-        fallible = ("triton",) if per_tap else _TRITON
+        # the fused kernels: compiled on first use, may fail; triton_plus only where it is
+        # exact and no deterministic algorithms are asked for (its backward uses atomics)
+        plus_ok = not per_tap and not torch.are_deterministic_algorithms_enabled()
+        fallible = _TRITON if plus_ok else ("triton",)
         candidates.extend(fallible)
     key = tuning.signature("mixed_conv2d", args, stride, padding, dilation, groups)
 
