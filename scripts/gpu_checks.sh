@@ -59,8 +59,8 @@ A2D2C_TRITON_AUTOTUNE=0 timeout "${GPU_TRITON_S:-90}" "$PY" -m a2d2c bench --dev
   'condconv:triton' 'condconv:triton_plus' 'dynamicconv:triton' 'dynamicconv:triton_plus' \
   'odconv:triton' --out "$OUT/gpu_rows_triton" 2>&1 | tee "$OUT/bench_gpu_triton.txt"
 
-echo "== grid on CUDA (fp32, resumable: rerun to continue)"
-timeout "${GRID_S:-30}" "$PY" -m a2d2c bench --device cuda --preset grid --grid reduced \
+echo "== grid on CUDA (fp32, resumable: rerun to continue; with the Triton paths)"
+A2D2C_TRITON_AUTOTUNE=0 timeout "${GRID_S:-30}" "$PY" -m a2d2c bench --device cuda --preset grid --grid reduced \
   --repeats 3 --out "$OUT" 2>&1 | tail -n 40 | tee "$OUT/grid.txt"
 
 if [ -n "${STUDIES:-}" ]; then

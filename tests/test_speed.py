@@ -270,6 +270,55 @@ def test_bench_grid_reports_every_path_and_regret_and_resumes(tmp_path, one_thre
         assert len(list(csv.DictReader(f))) == len(rows)
 
 
+def test_grid_on_cuda_times_the_triton_paths_where_exact():
+    from a2d2c.tools.benchmark import _grid_variants
+
+    cpu = {v.label for v in _grid_variants()}
+    gpu = {v.label for v in _grid_variants(triton=True)}
+    assert not any("triton" in label for label in cpu)
+    assert gpu - cpu == {"a2d2c:triton", "a2d2c:triton_plus", "condconv:triton",
+                         "condconv:triton_plus", "dynamicconv:triton",
+                         "dynamicconv:triton_plus", "odconv:triton"}
+
+
+def test_bench_skips_a_triton_variant_that_fails_and_keeps_the_rest(one_thread):
+    """A Triton path that cannot run (here: CPU tensors without the interpreter; on a GPU
+    machine, a compiler problem) is skipped with a log line, not the end of the run."""
+    import importlib.util
+    import os
+
+    from a2d2c.tools.benchmark import PRESETS, Variant, _run_case
+
+    if importlib.util.find_spec("triton") is None or os.environ.get(
+            "TRITON_INTERPRET", "0") not in ("", "0"):
+        pytest.skip("needs triton, without its CPU interpreter")
+    case = {c.name: c for c in PRESETS["smoke"]}["smoke_layer_train"]
+    logs: list[str] = []
+    rows = _run_case(case, [Variant("static", "static"), Variant("a2d2c:kernel", "a2d2c",
+                                                                 "kernel"),
+                            Variant("condconv:triton_plus", "condconv", "triton_plus")],
+                     torch.device("cpu"), None, False, 1, 0, logs.append)
+    assert [r["variant"] for r in rows] == ["static", "a2d2c:kernel"]
+    assert any("skip condconv:triton_plus" in line and "needs CUDA tensors" in line
+               for line in logs)
+
+
+def test_bench_does_not_hide_a_failing_torch_path(one_thread, monkeypatch):
+    """Only the Triton paths are skipped on failure: a torch path's error is a bug."""
+    import a2d2c.layers.a2d2c as layer_module
+    from a2d2c.tools.benchmark import PRESETS, Variant, _run_case
+
+    def broken(*args, **kwargs):
+        raise RuntimeError("broken path")
+
+    monkeypatch.setattr(layer_module, "mixed_conv2d", broken)
+    case = {c.name: c for c in PRESETS["smoke"]}["smoke_layer_train"]
+    with pytest.raises(RuntimeError, match="broken path"):
+        _run_case(case, [Variant("static", "static"), Variant("a2d2c:kernel", "a2d2c",
+                                                               "kernel")],
+                  torch.device("cpu"), None, False, 1, 0, lambda _m: None)
+
+
 GRID_CSV = Path(__file__).resolve().parents[1] / "benchmarks/results/bench_grid_reduced_cpu1t.csv"
 # the committed constants on the committed grid: geometric-mean regret 1.010, max 1.38
 GRID_GEO_MEAN_BOUND, GRID_MAX_BOUND = 1.03, 1.5

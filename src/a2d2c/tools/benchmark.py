@@ -133,6 +133,10 @@ PRESETS: dict[str, list[Case]] = {"issue6": _ISSUE6, "layers": _LAYERS, "smoke":
 #: The variant suffix of ``impl="auto"`` with measured choice (:mod:`a2d2c.ops.tuning`).
 TUNED = "tuned"
 
+#: Paths that may fail on a given machine (a Triton compiler or driver problem): a bench
+#: variant using one is skipped with a log line instead of ending the run.
+_FALLIBLE_IMPLS = ("triton", "triton_plus")
+
 #: Layers whose per-sample convolution has a selectable ``impl``.
 _IMPL_LAYERS = (A2D2Conv2d, CondConv2d, DynamicConv2d, ODConv2d)
 
@@ -427,9 +431,17 @@ def _run_case(case: Case, variants: Sequence[Variant], device: torch.device,
         except (TypeError, ValueError, ImportError) as err:
             log(f"  skip {v.label}: {err}")
     inner = {}
-    for r in runners:
-        for _ in range(max(warmup, 1 if r.variant.impl == TUNED else 0)):
-            r.step()  # a tuned runner measures in its first step
+    for r in list(runners):
+        try:
+            first = r.variant.impl in (*_FALLIBLE_IMPLS, TUNED)
+            for _ in range(max(warmup, 1 if first else 0)):
+                r.step()  # a tuned runner measures in its first step, Triton compiles
+        except Exception as err:  # only the Triton paths may fail here
+            if r.variant.impl not in _FALLIBLE_IMPLS:
+                raise
+            log(f"  skip {r.variant.label}: {type(err).__name__}: {err}")
+            runners.remove(r)
+            continue
         _sync(device)
         t0 = time.perf_counter()
         if min_sample_s > 0:
@@ -691,11 +703,19 @@ def grid_cases(grid: str = "reduced") -> list[Case]:
     return sorted(cases, key=lambda c: c.batch * c.channels ** 2 * c.size ** 2)
 
 
-def _grid_variants() -> list[Variant]:
+def _grid_exact(layer: str, triton: bool) -> tuple[str, ...]:
+    """The exact paths the grid times for ``layer``: the torch ones, and with ``triton``
+    (CUDA with triton installed) the Triton ones — which only the measured choice, not
+    the cost model, can pick."""
+    per_tap = layer == "odconv"  # its spatial attention depends on the tap (3×3 here)
+    extra = (("triton",) if per_tap else _FALLIBLE_IMPLS) if triton else ()
+    return (*exact_impls(per_tap), *extra)
+
+
+def _grid_variants(triton: bool = False) -> list[Variant]:
     out = [Variant("static", "static")]
     for name in GRID_LAYERS:
-        per_tap = name == "odconv"  # its spatial attention depends on the tap (3×3 here)
-        for impl in ("auto", TUNED, *exact_impls(per_tap)):
+        for impl in ("auto", TUNED, *_grid_exact(name, triton)):
             out.append(Variant(f"{name}:{impl}", name, impl))
     return out
 
@@ -728,13 +748,17 @@ def run_grid(*, grid: str = "reduced", device: str | torch.device = "cpu",
     """Every exact path and ``auto`` of every layer type over a grid of layer shapes.
 
     For each point and layer type: the time of each path, auto's *regret* (auto's time /
-    the fastest exact path's) and auto's ratio to the static convolution. Rows are
+    the fastest exact path's) and auto's ratio to the static convolution. On CUDA with
+    triton installed the exact paths include ``triton`` and (where exact)
+    ``triton_plus``, so there the regret also counts what the cost model, which never
+    picks a Triton path, leaves on the table. Rows are
     appended to ``bench_grid_<grid>_<device>.csv`` after every point, and points already
     in the file are skipped, so an interrupted run resumes where it stopped.
     """
     device = torch.device(device)
     cases = grid_cases(grid)
-    variants = _grid_variants()
+    triton = device.type == "cuda" and triton_available()
+    variants = _grid_variants(triton)
     name = f"bench_grid_{grid}_{_device_tag(device)}.csv"
     path = None if out_dir is None else Path(out_dir) / name
     done: set[str] = set()
@@ -763,7 +787,7 @@ def run_grid(*, grid: str = "reduced", device: str | torch.device = "cpu",
                        torch=torch.__version__)
             if impl in ("auto", TUNED):
                 exact = {i: by_label[f"{layer}:{i}"]["median_ms"]
-                         for i in exact_impls(layer == "odconv") if f"{layer}:{i}" in by_label}
+                         for i in _grid_exact(layer, triton) if f"{layer}:{i}" in by_label}
                 best = min(exact, key=exact.__getitem__)
                 row["best_impl"] = best
                 row["regret"] = r["median_ms"] / exact[best]
