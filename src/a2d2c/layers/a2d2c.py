@@ -52,6 +52,7 @@ from torch import Tensor, nn
 from ..ops import tuning
 from ..ops.cost import COST_CONSTANTS, estimate_costs
 from ..ops.mixed_conv import (
+    TRITON_IMPLS,
     _functorch_active,
     _is_tracing,
     compute_dtype,
@@ -457,7 +458,7 @@ class A2D2Conv2d(TemperatureMixin, DynamicConvBase):
         if x.device.type == "cuda" and triton_available():
             # compiled on first use, may fail; triton_plus's backward uses atomics
             fallible = (("triton",) if torch.are_deterministic_algorithms_enabled()
-                        else ("triton", "triton_plus"))
+                        else TRITON_IMPLS)
             candidates.extend(fallible)
         key = tuning.signature(
             "A2D2Conv2d", (x, self.weight, self.bias, idx), self.kernel_size, self.stride,

@@ -67,6 +67,7 @@ from .cost import choose_impl
 
 __all__ = [
     "IMPLS",
+    "TRITON_IMPLS",
     "MixedCoeff",
     "canonical_coeff",
     "mix_kernels",
@@ -78,7 +79,8 @@ __all__ = [
 ]
 
 IMPLS = ("auto", "kernel", "unfold", "plus", "triton", "triton_plus")
-_TRITON = ("triton", "triton_plus")
+#: The fused Triton paths (CUDA, or CPU under ``TRITON_INTERPRET=1``; may fail to compile).
+TRITON_IMPLS = ("triton", "triton_plus")
 _KERNEL_METHODS = ("kernel", "unfold")
 
 
@@ -349,7 +351,7 @@ def _composite(x, weight, a, in_scale, out_scale, bias_b, conf):
     """The kernel/unfold paths in plain differentiable ops (graph capture, torch.func,
     higher-order gradients)."""
     stride, padding, dilation, groups, method, cdt = conf
-    method = "kernel" if method in _TRITON else method
+    method = "kernel" if method in TRITON_IMPLS else method
     k, o, cg = weight.shape[:3]
     ksize = tuple(weight.shape[3:])
     wdt = weight.dtype
@@ -837,7 +839,7 @@ def _measured_impl(args: tuple, modelled: str, per_tap: bool, stride: tuple[int,
         # the fused kernels: compiled on first use, may fail; triton_plus only where it is
         # exact and no deterministic algorithms are asked for (its backward uses atomics)
         plus_ok = not per_tap and not torch.are_deterministic_algorithms_enabled()
-        fallible = _TRITON if plus_ok else ("triton",)
+        fallible = TRITON_IMPLS if plus_ok else ("triton",)
         candidates.extend(fallible)
     key = tuning.signature("mixed_conv2d", args, stride, padding, dilation, groups)
 

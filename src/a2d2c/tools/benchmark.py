@@ -41,7 +41,7 @@ from ..layers import CondConv2d, DynamicConv2d, ODConv2d
 from ..layers.a2d2c import IMPLS, A2D2Conv2d
 from ..layers.factory import create_conv2d, get_conv_layer, list_conv_layers
 from ..ops import tuning
-from ..ops.mixed_conv import auto_impl, exact_impls, triton_available
+from ..ops.mixed_conv import TRITON_IMPLS, auto_impl, exact_impls, triton_available
 
 __all__ = [
     "CSV_COLUMNS",
@@ -135,7 +135,7 @@ TUNED = "tuned"
 
 #: Paths that may fail on a given machine (a Triton compiler or driver problem): a bench
 #: variant using one is skipped with a log line instead of ending the run.
-_FALLIBLE_IMPLS = ("triton", "triton_plus")
+_FALLIBLE_IMPLS = TRITON_IMPLS
 
 #: Layers whose per-sample convolution has a selectable ``impl``.
 _IMPL_LAYERS = (A2D2Conv2d, CondConv2d, DynamicConv2d, ODConv2d)
