@@ -362,3 +362,93 @@ def test_triton_paths_on_cpu_tensors_say_what_to_use(impl):
     x, weight, coeff, *_ = _make("BKO", "plain", "none", "")
     with pytest.raises(ValueError, match=rf"impl='{impl}' needs CUDA tensors .*use impl='auto'"):
         mixed_conv2d(x.float(), weight.float(), coeff.float(), impl=impl)
+
+
+# ------------------------------------------------------------------ under torch.compile
+COMPILE_CASES = [  # (impl, coeff, geometry, bias, scales): each path the opaque op runs
+    ("kernel", "BKO", "strided", "KO", "in"),
+    ("unfold", "BKOkk", "dilated", "BO", "in+out"),
+    ("auto", "BKkk", "strided", "O", "in+out"),  # tap-dependent: auto is never the plus form
+]
+
+
+@pytest.mark.filterwarnings("ignore:Your compiler for AOTAutograd")
+@pytest.mark.parametrize("impl,coeff_name,geo_name,bias_kind,scales", COMPILE_CASES)
+def test_torch_compile_runs_one_opaque_op_and_matches_oracle(impl, coeff_name, geo_name,
+                                                             bias_kind, scales):
+    """Under torch.compile the op is one node forward and one backward (the eager paths, not
+    plain ops traced), with the oracle's output and every gradient."""
+    from torch._dynamo.testing import AotEagerAndRecordGraphs
+
+    torch._dynamo.reset()
+    x, weight, coeff, bias, s_in, s_out, args = _make(coeff_name, geo_name, bias_kind, scales)
+    tensors = (x, weight, coeff, bias, s_in, s_out)
+    backend = AotEagerAndRecordGraphs()
+
+    def fn(x, weight, coeff, bias, s_in, s_out):
+        return mixed_conv2d(x, weight, coeff, bias, **args, in_scale=s_in, out_scale=s_out,
+                            impl=impl)
+
+    got = torch.compile(fn, backend=backend, fullgraph=True)(*tensors)
+    want = oracle(x, weight, coeff, bias, args["stride"], args["padding"], args["dilation"],
+                  args["groups"], s_in, s_out)
+    torch.testing.assert_close(got, want)
+    for g_got, g_want in zip(_grads(got, tensors), _grads(want, tensors), strict=True):
+        torch.testing.assert_close(g_got, g_want)
+
+    def targets(graphs):
+        return {str(n.target) for gm in graphs for n in gm.graph.nodes if n.op == "call_function"}
+
+    assert "a2d2c.mixed_conv2d.default" in targets(backend.fw_graphs)
+    assert "a2d2c.mixed_conv2d_backward.default" in targets(backend.bw_graphs)
+    assert not any("convolution" in t for t in targets(backend.fw_graphs))
+    torch._dynamo.reset()
+
+
+@pytest.mark.filterwarnings("ignore:Your compiler for AOTAutograd")
+def test_compiled_op_serves_every_batch_size_with_one_graph():
+    """The opaque op's shape function follows the batch: one compilation (dynamic batch)
+    serves five batch sizes, and each output and gradient is the eager op's."""
+    from torch._dynamo.testing import CompileCounterWithBackend
+
+    torch._dynamo.reset()
+    torch.manual_seed(3)
+    weight = torch.randn(3, 6, 4, 3, 3, requires_grad=True)
+    counter = CompileCounterWithBackend("aot_eager")
+
+    def fn(x, coeff):
+        return mixed_conv2d(x, weight, coeff, padding=1, impl="kernel")
+
+    compiled = torch.compile(fn, backend=counter)
+    for batch in (2, 3, 5, 7, 6):
+        x = torch.randn(batch, 4, 6, 5, requires_grad=True)
+        coeff = torch.rand(batch, 3, 6, requires_grad=True)
+        if batch == 2:
+            torch._dynamo.mark_dynamic(x, 0)
+            torch._dynamo.mark_dynamic(coeff, 0)
+        got = compiled(x, coeff)
+        want = fn(x, coeff)
+        torch.testing.assert_close(got, want)
+        gy = torch.randn_like(want)
+        for a, b in zip(torch.autograd.grad(got, (x, coeff, weight), gy),
+                        torch.autograd.grad(want, (x, coeff, weight), gy), strict=True):
+            torch.testing.assert_close(a, b)
+    assert counter.frame_count == 1, f"compiled {counter.frame_count} times for 5 batch sizes"
+    torch._dynamo.reset()
+
+
+def test_opaque_ops_pass_torch_library_opcheck():
+    """Schema, shape functions (fake tensors) and the registered autograd agree with the
+    real kernels (torch.library.opcheck)."""
+    x, weight, coeff, _bias, s_in, s_out, args = _make("BKO", "strided", "none", "in+out")
+    a = coeff.detach().view(B, K, O, 1).requires_grad_()
+    bias_b = torch.randn(B, O, dtype=D, requires_grad=True)
+    common = (list(args["stride"]), list(args["padding"]), list(args["dilation"]),
+              args["groups"])
+    fwd = (x, weight, a, s_in, s_out, bias_b, *common, "auto", D, True)
+    torch.library.opcheck(torch.ops.a2d2c.mixed_conv2d.default, fwd)
+    y = torch.ops.a2d2c.mixed_conv2d(*[t.detach() if isinstance(t, torch.Tensor) else t
+                                       for t in fwd])
+    bwd = (torch.randn_like(y), *[t.detach() for t in (x, weight, a, s_in, s_out, bias_b)],
+           *common, "unfold", D, [True, True, False, True, False, True])
+    torch.library.opcheck(torch.ops.a2d2c.mixed_conv2d_backward.default, bwd)

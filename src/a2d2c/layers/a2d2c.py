@@ -562,6 +562,10 @@ class A2D2Conv2d(TemperatureMixin, DynamicConvBase):
             if self.bias is not None:
                 pbar = pbar + self.bias.to(acc)
             pi = self._attention(pbar)  # (B, K, O)
+        # Under torch.compile the op is one opaque node that takes the kernel or unfold
+        # path for the real shapes at run time: pass "auto" through to it.
+        if traceable and self.impl == "auto":
+            method = "auto"
         return mixed_conv2d(x, self.weight, pi, self.bias, self.stride, pad, self.dilation,
                             self.groups, impl=method)
 

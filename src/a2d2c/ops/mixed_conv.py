@@ -750,6 +750,96 @@ def _plus(x, weight, coeff: MixedCoeff, in_scale, out_scale, bias_b, stride, pad
     return y
 
 
+# ------------------------------------------------------------------ under torch.compile
+def _opaque_under_compile() -> bool:
+    """Graph capture by ``torch.compile`` (not ``torch.export``/ONNX, which need plain ops
+    to serialise, and not under ``torch.func`` transforms)."""
+    compiler = torch.compiler
+    if not compiler.is_compiling() or compiler.is_exporting():
+        return False
+    return not (torch.onnx.is_in_onnx_export() or _functorch_active())
+
+
+def _opaque_conf(impl: str, x: Tensor, weight: Tensor, a: Tensor, stride, padding, dilation,
+                 groups: int, cdt: torch.dtype, training: bool) -> tuple:
+    """The eager ``conf`` the opaque ops run: ``impl`` as requested, ``"auto"`` resolved for
+    the real shapes among the paths with their own backward (the plus form is traced)."""
+    stride, padding, dilation = tuple(stride), tuple(padding), tuple(dilation)
+    if impl == "auto":
+        impl = auto_impl(x.shape, weight.shape, a.shape[3] > 1, training=training,
+                         device_type=x.device.type, stride=stride, padding=padding,
+                         dilation=dilation, groups=groups, candidates=("kernel", "unfold"))
+    return (stride, padding, dilation, groups, impl, cdt)
+
+
+# Under torch.compile the kernel, unfold and Triton paths are one custom op with its own
+# backward op: the traced alternative (_composite, plain differentiable ops) cannot run the
+# grouped convolution whose group count is the batch size, the chunks, the workspace or the
+# Triton kernels, and on CPU it made a compiled A2D2C network ~2x slower than eager
+# (docs/mixed_conv.md). Inside the ops the eager code runs on real tensors.
+@torch.library.custom_op(
+    "a2d2c::mixed_conv2d", mutates_args=(),
+    schema="(Tensor x, Tensor weight, Tensor a, Tensor? in_scale, Tensor? out_scale, "
+           "Tensor? bias, int[] stride, int[] padding, int[] dilation, int groups, str impl, "
+           "ScalarType cdt, bool training) -> Tensor")
+def _opaque_forward(x, weight, a, in_scale, out_scale, bias, stride, padding, dilation,
+                    groups, impl, cdt, training):
+    conf = _opaque_conf(impl, x, weight, a, stride, padding, dilation, groups, cdt, training)
+    with torch.autocast(x.device.type, enabled=False):
+        return _MixedConv.forward(x, weight, a, in_scale, out_scale, bias, conf).contiguous()
+
+
+@_opaque_forward.register_fake
+def _(x, weight, a, in_scale, out_scale, bias, stride, padding, dilation, groups, impl, cdt,
+      training):
+    ho, wo = _out_size(x.shape[2:], tuple(weight.shape[3:]), stride, padding, dilation)
+    return x.new_empty((x.shape[0], weight.shape[1], ho, wo), dtype=cdt)
+
+
+@torch.library.custom_op(
+    "a2d2c::mixed_conv2d_backward", mutates_args=(),
+    schema="(Tensor grad_y, Tensor x, Tensor weight, Tensor a, Tensor? in_scale, "
+           "Tensor? out_scale, Tensor? bias, int[] stride, int[] padding, int[] dilation, "
+           "int groups, str impl, ScalarType cdt, bool[] needs) -> Tensor[]")
+def _opaque_backward(grad_y, x, weight, a, in_scale, out_scale, bias, stride, padding,
+                     dilation, groups, impl, cdt, needs):
+    conf = _opaque_conf(impl, x, weight, a, stride, padding, dilation, groups, cdt, True)
+    with torch.autocast(x.device.type, enabled=False):
+        grads = _kernel_backward(conf, tuple(needs), grad_y.contiguous(), x, weight, a,
+                                 in_scale, out_scale, bias)
+    refs = (x, weight, a, in_scale, out_scale, bias)
+    # every slot a tensor (custom ops return no None): unwanted gradients are empty
+    return [g.to(r.dtype).reshape(r.shape).contiguous() if g is not None else x.new_empty(0)
+            for g, r in zip(grads, refs, strict=True)]
+
+
+@_opaque_backward.register_fake
+def _(grad_y, x, weight, a, in_scale, out_scale, bias, stride, padding, dilation, groups,
+      impl, cdt, needs):
+    refs = (x, weight, a, in_scale, out_scale, bias)
+    return [torch.empty_like(r, memory_format=torch.contiguous_format)
+            if need and r is not None else x.new_empty(0)
+            for r, need in zip(refs, needs, strict=True)]
+
+
+def _opaque_setup(ctx, inputs, output):
+    x, weight, a, in_scale, out_scale, bias, *args, _training = inputs
+    ctx.save_for_backward(x, weight, a, in_scale, out_scale, bias)
+    ctx.args = args  # stride, padding, dilation, groups, impl, cdt
+
+
+def _opaque_grad(ctx, grad_y):
+    saved = ctx.saved_tensors
+    needs = [bool(n) and t is not None
+             for n, t in zip(ctx.needs_input_grad[:6], saved, strict=True)]
+    grads = torch.ops.a2d2c.mixed_conv2d_backward(grad_y, *saved, *ctx.args, needs)
+    return (*(g if n else None for g, n in zip(grads, needs, strict=True)),
+            None, None, None, None, None, None, None)
+
+
+_opaque_forward.register_autograd(_opaque_grad, setup_context=_opaque_setup)
+
+
 # --------------------------------------------------------------------------- public op
 def _check(x: Tensor, weight: Tensor, groups: int) -> None:
     if not isinstance(x, Tensor) or x.dim() != 4:
@@ -805,17 +895,19 @@ def _mix_bias(bias: Tensor | None, coeff: MixedCoeff, batch: int, num_kernels: i
 def auto_impl(x_shape: Sequence[int], weight_shape: Sequence[int], coeff_per_tap: bool, *,
               training: bool, device_type: str, stride: Sequence[int] = (1, 1),
               padding: Sequence[int] = (0, 0), dilation: Sequence[int] = (1, 1),
-              groups: int = 1, tracing: bool = False) -> str:
+              groups: int = 1, tracing: bool = False,
+              candidates: Sequence[str] | None = None) -> str:
     """The path ``impl="auto"`` takes for these shapes (the cheapest modelled exact one).
 
     ``tracing`` leaves out ``"kernel"``, whose number of groups is the batch size, so that
-    one traced graph serves every batch size.
+    one traced graph serves every batch size. ``candidates``: choose among these paths
+    only (default: every exact one).
     """
     b, c, h, w = x_shape[0], int(x_shape[1]), int(x_shape[2]), int(x_shape[3])
     k, o = int(weight_shape[0]), int(weight_shape[1])
     ksize = (int(weight_shape[3]), int(weight_shape[4]))
     ho, wo = _out_size((h, w), ksize, stride, padding, dilation)
-    candidates = exact_impls(coeff_per_tap)
+    candidates = tuple(exact_impls(coeff_per_tap) if candidates is None else candidates)
     if tracing:
         candidates = tuple(i for i in candidates if i != "kernel")
     return choose_impl(batch=None if tracing else int(b), in_channels=c, out_channels=o,
@@ -914,6 +1006,7 @@ def mixed_conv2d(
     tracing = _is_tracing()
     grads = torch.is_grad_enabled() and any(
         t is not None and t.requires_grad for t in (x, weight, coeff, in_scale, out_scale, bias))
+    requested = impl
     if impl == "auto":
         impl = auto_impl(x.shape, weight.shape, cf.per_tap, training=grads,
                          device_type=x.device.type, stride=stride, padding=padding,
@@ -928,6 +1021,12 @@ def mixed_conv2d(
     if impl == "plus":
         return _plus(x, weight, cf, in_scale, out_scale, bias_b, stride, padding, dilation,
                      groups, cdt)
+    if tracing and _opaque_under_compile():
+        # torch.compile: one opaque op (below) that runs the eager paths, chosen for the
+        # real shapes at run time, and their own backward; the graph around it is compiled
+        return torch.ops.a2d2c.mixed_conv2d(
+            x, weight, cf.a, in_scale, out_scale, bias_b, list(stride), list(padding),
+            list(dilation), groups, "auto" if requested == "auto" else impl, cdt, grads)
     conf = (stride, padding, dilation, groups, impl, cdt)
     if tracing or _functorch_active():
         return _composite(x, weight, cf.a, in_scale, out_scale, bias_b, conf)
