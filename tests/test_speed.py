@@ -405,3 +405,34 @@ def test_compiled_layers_call_the_opaque_op_and_match_eager(conv, one_thread):
     ops = {str(n.target) for gm in backend.fw_graphs for n in gm.graph.nodes}
     assert "a2d2c.mixed_conv2d.default" in ops
     torch._dynamo.reset()
+
+
+@pytest.mark.filterwarnings("ignore:Your compiler for AOTAutograd")
+def test_bench_compile_runs_every_variant_compiled_and_says_so(tmp_path, one_thread):
+    """``a2d2c bench --compile``: every variant goes through torch.compile (counted by the
+    backend), the CSV is named and marked as compiled, and the saved-activation count of
+    the eager graph is left out."""
+    from argparse import Namespace
+
+    from torch._dynamo.testing import CompileCounterWithBackend
+
+    from a2d2c.cli import bench
+    from a2d2c.tools.benchmark import PRESETS, run_benchmark
+
+    torch._dynamo.reset()
+    counter = CompileCounterWithBackend("aot_eager")
+    smoke = {c.name: c for c in PRESETS["smoke"]}
+    variants = ["a2d2c:auto", "condconv", "odconv"]
+    rows, path = run_benchmark([smoke["smoke_layer_train"]], repeats=1, warmup=0,
+                               variants=variants, out_dir=tmp_path, preset="smoke",
+                               log=lambda s: None, compile_backend=counter)
+    assert {r["variant"] for r in rows} == {"static", *variants}
+    assert counter.frame_count >= len(rows)  # each module compiled at least once
+    assert "_compiled-CompileCounterWithBackend_" in path.name
+    for row in rows:
+        assert row["compile"] == "CompileCounterWithBackend"
+        assert math.isfinite(row["median_ms"]) and row["median_ms"] > 0
+        assert math.isnan(row["saved_mb"])
+    with pytest.raises(ValueError, match="--compile is not supported with --preset grid"):
+        bench.main(Namespace(threads=None, preset="grid", compile="inductor"))
+    torch._dynamo.reset()

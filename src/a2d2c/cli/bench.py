@@ -6,6 +6,7 @@ Thin over :mod:`a2d2c.tools.benchmark`. Examples::
     a2d2c bench --device cuda --dtype bf16 --preset issue6
     a2d2c bench --preset layers --variants 'a2d2c:*'   # the cost model's calibration
     a2d2c bench --preset grid --threads 2 --repeats 3  # every path + auto's regret
+    a2d2c bench --preset issue6 --compile              # every variant under torch.compile
 """
 
 from __future__ import annotations
@@ -38,6 +39,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--grid", default="reduced", choices=sorted(GRIDS),
                         help="with --preset grid: which grid (default: reduced, sized for a "
                              "CPU; full: channels 8-512, maps 4-112, batch 1-256)")
+    parser.add_argument("--compile", nargs="?", const="inductor", default=None,
+                        metavar="BACKEND",
+                        help="run every variant under torch.compile (backend: default "
+                             "inductor); the untimed warm-up steps (at least 2) compile")
     parser.add_argument("--out", default="benchmarks/results",
                         help="directory of the CSV (default: benchmarks/results); '' for none")
 
@@ -48,6 +53,9 @@ def main(args: argparse.Namespace) -> int:
             raise ValueError(f"--threads must be >= 1, got {args.threads}")
         torch.set_num_threads(args.threads)
     if args.preset == "grid":
+        if args.compile is not None:
+            raise ValueError("--compile is not supported with --preset grid (the grid times "
+                             "each path of the op eagerly); use another preset")
         run_grid(grid=args.grid, device=args.device, repeats=args.repeats,
                  warmup=args.warmup, out_dir=args.out or None)  # errors: the one error path
         return 0
@@ -62,5 +70,5 @@ def main(args: argparse.Namespace) -> int:
     run_benchmark(cases, device=args.device, dtype=args.dtype,
                   channels_last=args.channels_last, repeats=args.repeats,
                   warmup=args.warmup, variants=args.variants, out_dir=args.out or None,
-                  preset=args.preset)
+                  preset=args.preset, compile_backend=args.compile)
     return 0

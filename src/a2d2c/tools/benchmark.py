@@ -43,6 +43,9 @@ from ..layers.factory import create_conv2d, get_conv_layer, list_conv_layers
 from ..ops import tuning
 from ..ops.mixed_conv import TRITON_IMPLS, auto_impl, exact_impls, triton_available
 
+#: ``torch.compile``'s ``backend``: a name (``"inductor"``) or a callable; ``None``: eager
+CompileBackend = str | Callable | None
+
 __all__ = [
     "CSV_COLUMNS",
     "DCN_VARIANTS",
@@ -316,10 +319,13 @@ class _Runner:
     #: a tuned variant's own measurements (a2d2c.ops.tuning), kept apart from the other
     #: runners': CondConv and DynamicConv make the same op call, so they share signatures
     measured: dict = field(default_factory=dict)
+    #: the module runs under torch.compile (then the saved-activation count is left out)
+    compiled: bool = False
 
 
 def _make_runner(case: Case, variant: Variant, device: torch.device, amp_dtype: torch.dtype | None,
-                 channels_last: bool, seed: int) -> _Runner:
+                 channels_last: bool, seed: int, compile_backend: CompileBackend = None
+                 ) -> _Runner:
     torch.manual_seed(seed)
     module = _build(case, variant).to(device)
     fmt = torch.channels_last if channels_last else torch.contiguous_format
@@ -340,13 +346,14 @@ def _make_runner(case: Case, variant: Variant, device: torch.device, amp_dtype: 
 
     tuned = variant.impl == TUNED
     measured: dict = {}
+    call = module if compile_backend is None else torch.compile(module, backend=compile_backend)
 
     def forward() -> Tensor:
         with autocast(), tuning.benchmark(tuned):
             if tuned:  # this runner's cache only (empty at first: it measures)
                 tuning.clear_cache()
                 tuning.load_cache(measured)
-            out = module(x)
+            out = call(x)
             if tuned:
                 measured.update(tuning.cache_info())
             if case.kind == "model":
@@ -364,12 +371,15 @@ def _make_runner(case: Case, variant: Variant, device: torch.device, amp_dtype: 
         opt.step()
         return None
 
-    return _Runner(variant, module, step, forward, measured=measured)
+    return _Runner(variant, module, step, forward, measured=measured,
+                   compiled=compile_backend is not None)
 
 
 def _measure_memory(runner: _Runner, device: torch.device, train: bool) -> tuple[float, float]:
     saved = math.nan
-    if train:
+    # a compiled graph saves what the compiler decides (its own backward); the count is of
+    # the eager graph and is left out for compiled runners
+    if train and not runner.compiled:
         tensors = [*runner.module.parameters(), *runner.module.buffers()]
         saved = saved_activation_bytes(runner.forward, tensors) / 2**20
     peak = math.nan
@@ -388,7 +398,7 @@ CSV_COLUMNS = [
     "case", "kind", "mode", "variant", "conv", "impl", "resolved", "batch", "channels", "size",
     "num_kernels", "median_ms", "min_ms", "ratio", "samples_per_s", "saved_mb", "saved_ratio",
     "peak_mb", "peak_ratio", "target", "memory_target", "anchors", "repeats", "device",
-    "dtype", "channels_last", "threads", "allocator", "torch", "a2d2c", "params",
+    "dtype", "channels_last", "compile", "threads", "allocator", "torch", "a2d2c", "params",
 ]
 
 
@@ -400,19 +410,31 @@ def _device_tag(device: torch.device) -> str:
     return re.sub(r"[^A-Za-z0-9.]+", "-", name).strip("-")
 
 
-def csv_name(preset: str, device: torch.device, dtype: str) -> str:
-    """File name recording preset, device, dtype and versions, e.g.
-    ``bench_issue6_cpu2t_fp32_torch2.14.1_a2d2c0.1.0.csv``."""
+def csv_name(preset: str, device: torch.device, dtype: str,
+             compile_backend: CompileBackend = None) -> str:
+    """File name recording preset, device, dtype, compilation and versions, e.g.
+    ``bench_issue6_cpu2t_fp32_torch2.14.1_a2d2c0.1.0.csv`` or
+    ``bench_issue6_cpu2t_fp32_compiled-inductor_torch2.14.1_a2d2c0.1.0.csv``."""
     from .. import __version__
 
     torch_version = torch.__version__.split("+")[0]
-    return (f"bench_{preset}_{_device_tag(device)}_{dtype}_torch{torch_version}"
+    compiled = "" if compile_backend is None else f"_compiled-{_backend_name(compile_backend)}"
+    return (f"bench_{preset}_{_device_tag(device)}_{dtype}{compiled}_torch{torch_version}"
             f"_a2d2c{__version__}.csv")
+
+
+def _backend_name(backend: CompileBackend) -> str:
+    if backend is None:
+        return ""
+    if isinstance(backend, str):
+        return backend
+    return re.sub(r"[^A-Za-z0-9.]+", "-", type(backend).__name__)
 
 
 def _run_case(case: Case, variants: Sequence[Variant], device: torch.device,
               amp_dtype: torch.dtype | None, channels_last: bool, repeats: int, warmup: int,
-              log: Callable[[str], None], min_sample_s: float = 0.0) -> list[dict]:
+              log: Callable[[str], None], min_sample_s: float = 0.0,
+              compile_backend: CompileBackend = None) -> list[dict]:
     """Time every variant of ``case``, interleaved; one row per variant.
 
     ``min_sample_s``: each timed sample runs as many steps as it takes (calibrated after
@@ -427,15 +449,19 @@ def _run_case(case: Case, variants: Sequence[Variant], device: torch.device,
     variants = [*variants, *(Variant(label, label) for label in case.extra_variants)]
     for v in variants:
         try:
-            runners.append(_make_runner(case, v, device, amp_dtype, channels_last, seed=0))
+            runners.append(_make_runner(case, v, device, amp_dtype, channels_last, seed=0,
+                                        compile_backend=compile_backend))
         except (TypeError, ValueError, ImportError) as err:
             log(f"  skip {v.label}: {err}")
     inner = {}
     for r in list(runners):
         try:
-            first = r.variant.impl in (*_FALLIBLE_IMPLS, TUNED)
-            for _ in range(max(warmup, 1 if first else 0)):
-                r.step()  # a tuned runner measures in its first step, Triton compiles
+            # a tuned runner measures in its first step, Triton compiles there; a compiled
+            # module compiles in its first and was seen to be slow in its second (aot_eager,
+            # CPU, no recompilation logged), so two untimed steps
+            least = 2 if r.compiled else (1 if r.variant.impl in (*_FALLIBLE_IMPLS, TUNED) else 0)
+            for _ in range(max(warmup, least)):
+                r.step()
         except Exception as err:  # only the Triton paths may fail here
             if r.variant.impl not in _FALLIBLE_IMPLS:
                 raise
@@ -477,7 +503,8 @@ def _run_case(case: Case, variants: Sequence[Variant], device: torch.device,
             anchors=case.anchors, repeats=repeats, device=_device_tag(device),
             dtype="bf16" if amp_dtype == torch.bfloat16 else
             ("fp16" if amp_dtype == torch.float16 else "fp32"),
-            channels_last=channels_last, threads=torch.get_num_threads(),
+            channels_last=channels_last, compile=_backend_name(compile_backend),
+            threads=torch.get_num_threads(),
             allocator=allocator_state(), torch=torch.__version__, a2d2c=__version__,
             params=sum(p.numel() for p in r.module.parameters()),
         ))
@@ -545,6 +572,7 @@ def run_benchmark(
     out_dir: str | Path | None = None,
     preset: str = "custom",
     log: Callable[[str], None] = print,
+    compile_backend: CompileBackend = None,
 ) -> tuple[list[dict], Path | None]:
     """Run ``cases`` for every variant; returns the rows and the CSV path (if written).
 
@@ -555,6 +583,10 @@ def run_benchmark(
         repeats: timed steps per variant (interleaved; the median is reported).
         variants: shell-style patterns on variant labels (default: all).
         out_dir: where to write the CSV (:func:`csv_name`); ``None``: no file.
+        compile_backend: run every variant under ``torch.compile(module, backend=...)``
+            (e.g. ``"inductor"``); ``None``: eager. At least two untimed steps (the first
+            compiles); the saved-activation column is left empty (a compiled graph saves
+            what its compiler decides).
     """
     device = torch.device(device)
     if device.type == "cuda" and not torch.cuda.is_available():
@@ -568,13 +600,15 @@ def run_benchmark(
         channels_last = device.type == "cuda"
     chosen = list_variants(variants, triton=device.type == "cuda" and triton_available())
     log(f"a2d2c bench: {len(cases)} case(s) x {len(chosen)} variants on {_device_tag(device)}, "
-        f"{dtype}, channels_last={channels_last}, {repeats} repeats, allocator "
+        f"{dtype}, channels_last={channels_last}, "
+        f"compile={_backend_name(compile_backend) or 'no'}, {repeats} repeats, allocator "
         f"{allocator_state()}, torch {torch.__version__}, {platform.machine()}")
     rows: list[dict] = []
-    path = None if out_dir is None else Path(out_dir) / csv_name(preset, device, dtype)
+    path = None if out_dir is None else Path(out_dir) / csv_name(preset, device, dtype,
+                                                                  compile_backend)
     for case in cases:
         case_rows = _run_case(case, chosen, device, amp[dtype], channels_last, repeats, warmup,
-                              log)
+                              log, compile_backend=compile_backend)
         rows += case_rows
         log(format_rows(case_rows))
         if path is not None:  # rewritten after every case: an interrupted run keeps its rows
