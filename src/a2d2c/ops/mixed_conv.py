@@ -984,6 +984,10 @@ def mixed_conv2d(
 
     Returns:
         ``(B, O, H', W')``. Differentiable in every tensor argument.
+
+    Under ``torch.compile`` the kernel, unfold and Triton paths are one custom operator
+    (``torch.ops.a2d2c.mixed_conv2d``, with ``a2d2c.mixed_conv2d_backward``) that runs this
+    eager code; ``torch.export``/ONNX export and ``torch.func`` see plain differentiable ops.
     """
     _check(x, weight, groups)
     args = (x, weight, coeff, bias, in_scale, out_scale)  # as given, for a measured choice
