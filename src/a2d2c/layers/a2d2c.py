@@ -55,6 +55,7 @@ from ..ops.mixed_conv import (
     TRITON_IMPLS,
     _functorch_active,
     _is_tracing,
+    _opaque_under_compile,
     compute_dtype,
     exact_impls,
     kernel_workspace,
@@ -563,8 +564,9 @@ class A2D2Conv2d(TemperatureMixin, DynamicConvBase):
                 pbar = pbar + self.bias.to(acc)
             pi = self._attention(pbar)  # (B, K, O)
         # Under torch.compile the op is one opaque node that takes the kernel or unfold
-        # path for the real shapes at run time: pass "auto" through to it.
-        if traceable and self.impl == "auto":
+        # path for the real shapes at run time: pass "auto" through to it (export and ONNX
+        # keep the layer's own traced choice).
+        if traceable and self.impl == "auto" and _opaque_under_compile():
             method = "auto"
         return mixed_conv2d(x, self.weight, pi, self.bias, self.stride, pad, self.dilation,
                             self.groups, impl=method)

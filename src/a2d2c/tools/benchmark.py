@@ -407,6 +407,12 @@ def _device_tag(device: torch.device) -> str:
         name = torch.cuda.get_device_name(device)
     else:
         name = f"cpu{torch.get_num_threads()}t"
+    return _slug(name)
+
+
+def _slug(name: str) -> str:
+    """``name`` as a file-name part: runs of other characters than letters, digits and
+    dots become one ``-``."""
     return re.sub(r"[^A-Za-z0-9.]+", "-", name).strip("-")
 
 
@@ -428,7 +434,7 @@ def _backend_name(backend: CompileBackend) -> str:
         return ""
     if isinstance(backend, str):
         return backend
-    return re.sub(r"[^A-Za-z0-9.]+", "-", type(backend).__name__)
+    return _slug(type(backend).__name__)
 
 
 def _run_case(case: Case, variants: Sequence[Variant], device: torch.device,
