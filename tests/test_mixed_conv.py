@@ -245,6 +245,40 @@ def test_batch_chunks_match_the_oracle(monkeypatch, impl, coeff_shape, scales, b
         torch.testing.assert_close(g_got, g_want)
 
 
+@pytest.mark.parametrize("shared", [True, False])
+@pytest.mark.parametrize("wanted", ["weight", "coeff", "x+weight", "x+coeff"])
+@pytest.mark.parametrize("coeff_shape", [(5, K, O), (5, K)])
+def test_batch_chunks_with_some_gradients_match_the_oracle(monkeypatch, coeff_shape, wanted,
+                                                           shared):
+    """Chunks of a large bank share its gradient sum and its (O, K, m) copy (here every
+    bank is "large" or none): each is made only for the gradient that needs it, and
+    either alone is still right."""
+    import a2d2c.ops.mixed_conv as mc
+
+    torch.manual_seed(4)
+    b = 5
+    x = torch.randn(b, C, 6, 5, dtype=D, requires_grad="x" in wanted)
+    weight = torch.randn(K, O, C, 3, 3, dtype=D, requires_grad="weight" in wanted)
+    coeff = torch.rand(*coeff_shape, dtype=D, requires_grad="coeff" in wanted)
+    monkeypatch.setattr(mc, "CPU_KERNEL_CHUNK_BYTES", 2 * weight[0].numel() * 8)
+    monkeypatch.setattr(mc, "CPU_SHARED_BANK_BYTES", 0 if shared else 1 << 40)
+    assert len(mc._batch_chunks(x, weight)) == 3
+    made = []
+    plan = mc._SharedBankGrads.for_chunks
+    monkeypatch.setattr(mc._SharedBankGrads, "for_chunks",
+                        staticmethod(lambda *a: made.append(plan(*a)) or made[-1]))
+    tensors = [t for t in (x, weight, coeff) if t.requires_grad]
+    want = oracle(x, weight, coeff, None, (1, 1), (1, 1), (1, 1), 1, None, None)
+    got = mixed_conv2d(x, weight, coeff, None, 1, 1, impl="kernel")
+    for g_got, g_want in zip(_grads(got, tensors), _grads(want, tensors), strict=True):
+        torch.testing.assert_close(g_got, g_want)
+    wants_bank = weight.requires_grad or coeff.requires_grad
+    assert len(made) == 1 and (made[0] is not None) == (shared and wants_bank)
+    if made[0] is not None:
+        assert (made[0].grad_w is not None) == weight.requires_grad
+        assert (made[0].w_o is not None) == coeff.requires_grad
+
+
 @pytest.mark.parametrize("coeff_shape,scales,bias_kind", [
     ((4, K, 5), "in+out", "KO"), ((1, K), "", "BO"), ((4, K, 3, 2), "out", "O"),
     ((4, K, 5, 3, 2), "in", "BO"), ((4, K, 1), "in+out", "KO")])

@@ -61,14 +61,17 @@ def test_auto_takes_the_cheapest_modelled_form_and_says_so():
             assert f"impl={chosen}" in text and "modelled cost" in text
     # the modelled trade-off: K dense convs beat one grouped conv plus the kernel mix only
     # on small maps (mixing O·C·9 weights per sample is then dear next to O·C·9·H'·W').
-    # Measured in the committed grid (1 thread, ms): 128 ch 14² b32 training kernel 133,
-    # plus 391; 4² b32 training kernel 51, unfold 48, plus 49 (the output-channel blocks of
-    # the unfold path and the plus form within the noise, the kernel form behind); 512 ch
-    # 4² b8 training: unfold 199, plus 223, kernel 397
+    # Measured in the committed grids (ms; 1 thread 2026-12-03 / 2 threads 2026-12-04, a
+    # host whose dense convolutions ran ~5x faster): 128 ch 14² b32 training kernel 133,
+    # plus 391; 4² b32 training kernel 51 / 15.8, unfold 48 / 14.9, plus 49 / 6.31; 512 ch
+    # 4² b8 training unfold 199 / 64.5, plus 223 / 37.7, kernel 397 / 119 — the grids
+    # disagree between the blocked unfold path and the plus form; at CIFAR ResNet-18's last
+    # stage (512 ch 4² b32, 2 threads) plus 99.6, unfold 184, kernel 256
     assert layer.resolve_impl((32, 128, 16, 16), training=True, device="cpu") == "kernel"
-    assert layer.resolve_impl((32, 128, 4, 4), training=True, device="cpu") in ("unfold", "plus")
+    assert layer.resolve_impl((32, 128, 4, 4), training=True, device="cpu") == "plus"
     wide = A2D2Conv2d(512, 512, 3, padding=1)
-    assert wide.resolve_impl((8, 512, 4, 4), training=True, device="cpu") == "unfold"
+    assert wide.resolve_impl((8, 512, 4, 4), training=True, device="cpu") in ("unfold", "plus")
+    assert wide.resolve_impl((32, 512, 4, 4), training=True, device="cpu") == "plus"
     # batch 1: the grouped conv is a dense conv with the mixed kernel, and the fixed costs
     # per call decide small maps. Grid, inference: 14² kernel 2.1 vs plus 4.7; 4² kernel
     # 1.4 vs plus 0.92
@@ -242,6 +245,13 @@ def test_bench_grid_reports_every_path_and_regret_and_resumes(tmp_path, one_thre
     from a2d2c.tools.benchmark import GRID_COLUMNS, GRID_LAYERS, grid_cases, run_grid
 
     assert len(grid_cases("tiny")) == 2
+    # the training targets' layers: CIFAR ResNet-18's stages at b32, the small network's
+    # at b128 (the reduced grid's GMAC cap drops the CIFAR ones)
+    stages = {(c.channels, c.size, c.batch, c.mode) for c in grid_cases("stages")}
+    assert stages == {(64 << i, 32 >> i, 32, "train") for i in range(4)} | {
+        (8 << i, s, 128, "train") for i, s in enumerate((28, 14, 7, 4))}
+    assert (512, 4, 32, "train") not in {(c.channels, c.size, c.batch, c.mode)
+                                         for c in grid_cases("reduced")}
     full = grid_cases("full")  # the issue's span: channels 8-512, maps 4-112, batch 1-256
     assert {c.channels for c in full} >= {8, 512} and {c.size for c in full} >= {4, 112}
     assert {c.batch for c in full} >= {1, 256} and {c.mode for c in full} == {"train", "infer"}
@@ -319,23 +329,39 @@ def test_bench_does_not_hide_a_failing_torch_path(one_thread, monkeypatch):
                   torch.device("cpu"), None, False, 1, 0, lambda _m: None)
 
 
-GRID_CSV = Path(__file__).resolve().parents[1] / "benchmarks/results/bench_grid_reduced_cpu1t.csv"
-# the committed constants on the committed grid: geometric-mean regret 1.010, max 1.38
-GRID_GEO_MEAN_BOUND, GRID_MAX_BOUND = 1.03, 1.5
+RESULTS = Path(__file__).resolve().parents[1] / "benchmarks/results"
+GRID_CSV = RESULTS / "bench_grid_reduced_cpu1t.csv"
+# The committed constants on the committed grids (docs/performance.md, "The refit"): the
+# 1-thread grid of 2026-12-03 geometric-mean regret 1.015, max 1.50; the 2-thread grid of
+# 2026-12-04 (a quiet host whose dense convolutions ran ~5x faster) 1.011, max 1.78 — the
+# worst misses of both are batch-1/batch-8 4² layers of 512 channels, where the two grids
+# disagree on which path is fastest; the training targets' own layers 1.003, max 1.08.
+GRID_GEO_MEAN_BOUND, GRID_MAX_BOUND, STAGES_MAX_BOUND = 1.03, 2.0, 1.15
 
 
-def test_cost_model_chooses_well_on_the_committed_grid():
+def test_cost_model_chooses_well_on_the_committed_grids():
     """The CPU constants against the committed measurements: the regret of the model's
     choice (its path's measured time over the fastest exact path's) at every point and
-    layer type of the reduced grid. Bounds: the grid's noise floor (auto vs the path it
-    runs: 10–90 % range 0.92–1.12) and the fit reported in docs/performance.md."""
+    layer type of the reduced grids (1 thread, 2 threads) and of the training targets'
+    layers (2 threads), where it must meet the issue's regret bound. The grids' noise
+    floor (auto vs the path it runs): 10–90 % range about 0.9–1.15."""
+    for name in ("bench_grid_reduced_cpu1t.csv", "bench_grid_reduced_cpu2t.csv"):
+        points = grid_fit.load_grid_points([RESULTS / name])
+        assert len(points) >= 400, name  # 114 points x 4 layer types
+        got = grid_fit.summarize(grid_fit.model_regrets(points))
+        assert got["geo_mean"] <= GRID_GEO_MEAN_BOUND, (name, got)
+        assert got["max"] <= GRID_MAX_BOUND, (name, got)
+    stages = grid_fit.load_grid_points([RESULTS / "bench_grid_stages_cpu2t.csv"])
+    assert len(stages) == 32  # 8 layers x 4 layer types
+    got = grid_fit.summarize(grid_fit.model_regrets(stages))
+    assert got["max"] <= STAGES_MAX_BOUND, got
+    # the check can fail: the previous constants (blocked unfold priced as if its base
+    # kernel reads were free) chose it for CIFAR ResNet-18's stages 3-4 (regret 1.85),
+    # and constants that ignore the memory-bound mix (t = 1) and favour the per-sample
+    # convolutions pick the kernel form on small maps, where it is slow
+    old = grid_fit.summarize(grid_fit.model_regrets(stages, dict(reuse_blocked=0.0)))
+    assert old["max"] > STAGES_MAX_BOUND, old
     points = grid_fit.load_grid_points([GRID_CSV])
-    assert len(points) >= 400  # 114 points x 4 layer types
-    got = grid_fit.summarize(grid_fit.model_regrets(points))
-    assert got["geo_mean"] <= GRID_GEO_MEAN_BOUND, got
-    assert got["max"] <= GRID_MAX_BOUND, got
-    # the check can fail: constants that ignore the memory-bound mix (t = 1) and favour
-    # the per-sample convolutions pick the kernel form on small maps, where it is slow
     wrong = grid_fit.summarize(grid_fit.model_regrets(points, dict(touch=1.0, grouped=0.5,
                                                                    unfold=0.5)))
     assert wrong["geo_mean"] > GRID_GEO_MEAN_BOUND or wrong["max"] > GRID_MAX_BOUND, wrong
@@ -351,7 +377,7 @@ def test_cost_model_on_both_committed_grids_out_of_sample():
     both = grid_fit.load_grid_points([GRID_CSV, second])
     assert len(both) == 2 * len(one)
     got = grid_fit.summarize(grid_fit.model_regrets(both[len(one):]))
-    assert got["geo_mean"] <= GRID_GEO_MEAN_BOUND and got["max"] <= 2.0, got
+    assert got["geo_mean"] <= GRID_GEO_MEAN_BOUND and got["max"] <= GRID_MAX_BOUND, got
 
 
 def test_gpu_checks_script_names_only_real_variants():

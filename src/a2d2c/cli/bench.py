@@ -38,7 +38,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                              "(static is always run)")
     parser.add_argument("--grid", default="reduced", choices=sorted(GRIDS),
                         help="with --preset grid: which grid (default: reduced, sized for a "
-                             "CPU; full: channels 8-512, maps 4-112, batch 1-256)")
+                             "CPU; full: channels 8-512, maps 4-112, batch 1-256; "
+                             "stages: the layers of the CPU training targets)")
     parser.add_argument("--compile", nargs="?", const="inductor", default=None,
                         metavar="BACKEND",
                         help="run every variant under torch.compile (backend: default "

@@ -30,14 +30,18 @@ __all__ = ["COST_CONSTANTS", "choose_impl", "estimate_costs"]
 # machine, 2026-12-02) and kept as the simplest set within the noise of the best fit; on a
 # fresh grid of the final code (``benchmarks/results/bench_grid_reduced_cpu1t.csv``,
 # 2026-12-03) their choices have a geometric-mean regret of 1.015, max 1.50 (the earlier
-# constants: 1.035, max 2.09). docs/performance.md, "The refit".
+# constants: 1.035, max 2.09). ``reuse_blocked`` 0.5 holds on that grid and on the
+# 2-thread grids of a faster host (``bench_grid_reduced_cpu2t.csv``: 1.011, max 1.78;
+# ``bench_grid_stages_cpu2t.csv``, the CPU targets' layers: 1.003, max 1.08), where 0
+# put CIFAR ResNet-18's last stages on the blocked unfold path, 1.6-1.9x slower than plus
+# there. docs/performance.md, "The refit" and "The 2-thread grids".
 # CUDA values were fitted to ``a2d2c bench --device cuda --dtype bf16 --preset issue6``
 # on an H200 (2026-11-28, benchmarks/results/): there the plus form was the fastest in
 # every case (cuDNN's dense convs are fast, its grouped per-sample convs are not), and
 # these constants make ``auto`` choose it wherever exact.
 COST_CONSTANTS: dict[str, dict[str, float]] = {
     "cpu": {"dense": 1.0, "grouped": 1.3, "unfold": 1.5, "touch": 32.0, "batch1": 1.0,
-            "reuse": 0.75, "reuse_blocked": 0.0, "call_kernel": 3e6, "call_unfold": 3e6,
+            "reuse": 0.75, "reuse_blocked": 0.5, "call_kernel": 3e6, "call_unfold": 3e6,
             "call_plus": 0.0, "call_descriptor": 3e7},
     "cuda": {"dense": 1.0, "grouped": 8.0, "unfold": 6.0, "touch": 64.0, "batch1": 8.0,
              "reuse": 1.0, "reuse_blocked": 1.0, "call_kernel": 0.0, "call_unfold": 0.0,

@@ -200,14 +200,15 @@ def _mix_differentiable(a: Tensor, weight: Tensor) -> Tensor:
 def _scale_kernels(mixed: Tensor, in_scale: Tensor | None, out_scale: Tensor | None,
                    groups: int) -> Tensor:
     """``mixed (B, O, Cg, T) ⊙ s_out[b, o] ⊙ s_in[b, c]`` (``c`` of ``o``'s group)."""
-    b, o, cg, t = mixed.shape
-    kernels = mixed
-    if out_scale is not None:
-        kernels = kernels * out_scale.view(b, o, 1, 1)
-    if in_scale is not None:
-        kernels = (kernels.view(b, groups, o // groups, cg, t)
-                   * in_scale.view(b, groups, 1, cg, 1)).view(b, o, cg, t)
-    return kernels
+    b, o, cg = mixed.shape[:3]
+    if in_scale is None:
+        return mixed if out_scale is None else mixed * out_scale.view(b, o, 1, 1)
+    s_in = in_scale.view(b, groups, 1, cg)
+    if out_scale is None:
+        scale = s_in.expand(b, groups, o // groups, cg)
+    else:  # both: their product first (B·O·Cg values, 1/T of the kernels), then one pass
+        scale = out_scale.view(b, groups, o // groups, 1) * s_in
+    return mixed * scale.reshape(b, o, cg, 1)
 
 
 # --------------------------------------------------------------------------- convolutions
@@ -457,14 +458,17 @@ def _kernel_backward(conf, needs, grad_y, x, weight, a, in_scale, out_scale, bia
         return _kernel_backward_chunk(conf, needs, grad_y, x, weight, a, in_scale, out_scale,
                                       bias_b)
     # Chunk by chunk (see _batch_chunks): the per-sample gradients are written into their
-    # slices, the base kernels' gradient is summed over the chunks.
+    # slices, the base kernels' gradient is summed over the chunks. For a large bank what
+    # every chunk would otherwise redo on the K base kernels is done once here (with 512
+    # channels a chunk is one sample, and a per-chunk copy and sum of the bank dominated).
     b = x.shape[0]
+    shared = _SharedBankGrads.for_chunks(weight, a, needs)
     per_sample = (x, a, in_scale, out_scale, bias_b)
     outs: list = [None] * 6
     for sl in chunks:
         parts = [None if t is None else t[sl] for t in per_sample]
         got = _kernel_backward_chunk(conf, needs, grad_y[sl], parts[0], weight, parts[1],
-                                     parts[2], parts[3], parts[4])
+                                     parts[2], parts[3], parts[4], shared=shared)
         for i, g in enumerate(got):
             if g is None:
                 continue
@@ -474,10 +478,13 @@ def _kernel_backward(conf, needs, grad_y, x, weight, a, in_scale, out_scale, bia
             if outs[i] is None:
                 outs[i] = g.new_empty((b, *g.shape[1:]))
             outs[i][sl] = g
+    if shared is not None and shared.grad_w is not None:  # summed in place by the chunks
+        outs[1] = shared.grad_w.transpose(0, 1).reshape(weight.shape)
     return tuple(outs)
 
 
-def _kernel_backward_chunk(conf, needs, grad_y, x, weight, a, in_scale, out_scale, bias_b):
+def _kernel_backward_chunk(conf, needs, grad_y, x, weight, a, in_scale, out_scale, bias_b,
+                           shared: _SharedBankGrads | None = None):
     stride, padding, dilation, groups, method, cdt = conf
     b, c, h, w = x.shape
     k, o, cg = weight.shape[:3]
@@ -521,7 +528,9 @@ def _kernel_backward_chunk(conf, needs, grad_y, x, weight, a, in_scale, out_scal
                                 dilation=dilation, padding=padding, stride=stride)
     gk = grad_kernels.reshape(b, o, cg, t).to(wdt)
     grad_w, grad_a, grad_in, grad_out = _kernel_space_grads(
-        gk, mixed, w_flat, a, s_in, s_out, groups, needs)
+        gk, mixed, w_flat, a, s_in, s_out, groups, needs, shared=shared)
+    if shared is not None and shared.grad_w is not None:
+        grad_w = None  # added into shared.grad_w; the caller reads it after the last chunk
     grad_bias = None
     if bias_b is not None and needs[5]:
         grad_bias = grad_y.sum((2, 3)).to(bias_b.dtype)
@@ -655,23 +664,62 @@ def _unfold_blocked_backward(conf, needs, grad_y, x, weight, a, in_scale, out_sc
             grad_out, grad_bias)
 
 
+#: Banks above this many bytes get :class:`_SharedBankGrads` in a chunked backward. glibc's
+#: dynamic mmap threshold stops at 32 MiB, so every temporary the size of a larger bank is
+#: mapped and faulted in again by every chunk (CIFAR ResNet-18's last stage, K=4: 37.7 MB;
+#: its kernel-form layer step at b32 went from 1.0 s to 0.30 s, 2 threads). Below it the
+#: per-chunk temporaries are reused from the heap, and two more bank-sized buffers kept
+#: across the chunks measured slower under glibc's defaults (256 ch 8² b32: 88-104 ms →
+#: 111-123 ms, page faults 14-22K → 31-40K per step; equal with the allocator tuned).
+CPU_SHARED_BANK_BYTES = 32 << 20
+
+
+class _SharedBankGrads(NamedTuple):
+    """What the batch chunks of one backward share for tap-independent coefficients: the
+    bank as ``(O, K, m)`` for the coefficient gradient, and the ``(O, K, m)`` sum the
+    chunks add their base-kernel gradient into (``baddbmm_``, no per-chunk temporary)."""
+
+    w_o: Tensor | None
+    grad_w: Tensor | None
+
+    @staticmethod
+    def for_chunks(weight: Tensor, a: Tensor, needs) -> _SharedBankGrads | None:
+        if (a.shape[3] != 1 or not (needs[1] or needs[2])
+                or weight.numel() * weight.element_size() <= CPU_SHARED_BANK_BYTES):
+            return None
+        k, o = weight.shape[:2]
+        w_o = weight.reshape(k, o, -1).transpose(0, 1).contiguous() if needs[2] else None
+        grad_w = (torch.zeros(o, k, weight[0, 0].numel(), dtype=weight.dtype,
+                              device=weight.device) if needs[1] else None)
+        return _SharedBankGrads(w_o, grad_w)
+
+
 def _kernel_space_grads(gk: Tensor, mixed: Tensor, w_flat: Tensor, a: Tensor,
-                        s_in: Tensor | None, s_out: Tensor | None, groups: int, needs):
+                        s_in: Tensor | None, s_out: Tensor | None, groups: int, needs,
+                        shared: _SharedBankGrads | None = None):
     """From ``∂W̃ (B, O, Cg, T)`` to the gradients of ``W``, ``a``, ``s_in`` and ``s_out``.
 
-    ``mixed = Σ_k a_k ⊙ W_k`` (unscaled), everything in the weight's dtype.
+    ``mixed = Σ_k a_k ⊙ W_k`` (unscaled), everything in the weight's dtype. ``shared``
+    (tap-independent coefficients, one batch chunk of several): the bank's ``(O, K, m)``
+    copy to use, and the sum the base-kernel gradient is added into (returned as it).
     """
-    b, o, cg, t = gk.shape
+    b, o, cg = gk.shape[:3]
     k = w_flat.shape[0]
     c = cg * groups
     a_w = a.to(w_flat.dtype)
     grad_in = grad_out = None
-    if s_out is not None and needs[4]:
-        scaled = mixed if s_in is None else _scale_kernels(mixed, s_in, None, groups)
-        grad_out = (gk * scaled).sum((2, 3))
-    if s_in is not None and needs[3]:
-        scaled = mixed if s_out is None else mixed * s_out.view(b, o, 1, 1)
-        grad_in = (gk * scaled).view(b, groups, o // groups, cg, t).sum((2, 4)).reshape(b, c)
+    want_out = s_out is not None and needs[4]
+    want_in = s_in is not None and needs[3]
+    if want_out or want_in:
+        # Both scale gradients from one pass over the kernels: P[b, o, c] = Σ_t ∂W̃ ⊙ W̃,
+        # then ∂s_out = Σ_c P·s_in and ∂s_in = Σ_{o of c's group} P·s_out (each 1/T of it).
+        prod = (gk * mixed).sum(3).view(b, groups, o // groups, cg)
+        if want_out:
+            grad_out = (prod if s_in is None else prod * s_in.view(b, groups, 1, cg)
+                        ).sum(3).reshape(b, o)
+        if want_in:
+            grad_in = (prod if s_out is None else prod * s_out.view(b, groups, o // groups, 1)
+                       ).sum(2).reshape(b, c)
     g_mixed = _scale_kernels(gk, s_in, s_out, groups)  # (B, O, Cg, T)
     grad_a = grad_w = None
     if a.shape[3] == 1 and (needs[1] or needs[2]):
@@ -680,14 +728,18 @@ def _kernel_space_grads(gk: Tensor, mixed: Tensor, w_flat: Tensor, a: Tensor,
         # GEMM's narrow output dimension (15x faster on CPU than the other orientation).
         g_t = g_mixed.reshape(b, o, -1).transpose(0, 1)  # (O, B, m)
         if needs[2]:
-            w_o = w_flat.reshape(k, o, -1).transpose(0, 1).contiguous()  # (O, K, m)
+            w_o = (shared.w_o if shared is not None
+                   else w_flat.reshape(k, o, -1).transpose(0, 1).contiguous())  # (O, K, m)
             grad_a = torch.bmm(w_o, g_t.transpose(1, 2)).permute(2, 1, 0)  # (B, K, O)
             if a.shape[2] == 1:
                 grad_a = grad_a.sum(2, keepdim=True)
             grad_a = grad_a.unsqueeze(-1)
         if needs[1]:
-            a_full = a_w[..., 0].expand(b, k, o)
-            grad_w = torch.bmm(a_full.permute(2, 1, 0).contiguous(), g_t)  # (O, K, m)
+            a_full = a_w[..., 0].expand(b, k, o).permute(2, 1, 0).contiguous()  # (O, K, B)
+            if shared is not None:
+                grad_w = shared.grad_w.baddbmm_(a_full, g_t)  # (O, K, m)
+            else:
+                grad_w = torch.bmm(a_full, g_t)
             grad_w = grad_w.transpose(0, 1)
     elif needs[1] or needs[2]:
         spec = "bk" + ("o" if a.shape[2] > 1 else "") + "t"
