@@ -265,8 +265,8 @@ def _impl_cases():
     for name in ("condconv", "dynamicconv", "odconv"):
         for impl in ("kernel", "unfold", "plus"):
             for i in (0, 2, 3, 6):  # plain, (3, 5) dilated, 1x1 strided, grouped
-                if impl == "plus" and name == "odconv" and i != 3:
-                    continue  # ODConv's spatial attention depends on the tap: plus is not exact
+                # ODConv's plus form: exact at every kernel size (its spatial attention is a
+                # factored per-tap scale of the input columns)
                 yield pytest.param(name, impl, GEOMETRIES[i], id=f"{name}-{impl}-{i}")
 
 
@@ -283,9 +283,10 @@ def test_every_exact_impl_matches_oracle(name, impl, geo):
         torch.testing.assert_close(got, want, rtol=1e-9, atol=1e-10)
 
 
-def test_odconv_plus_needs_1x1_kernels():
+def test_odconv_fused_plus_needs_1x1_kernels_but_plus_does_not():
     with pytest.raises(ValueError, match="only with 1x1 kernels"):
-        ODConv2d(4, 4, 3, impl="plus")
+        ODConv2d(4, 4, 3, impl="triton_plus")
+    assert ODConv2d(4, 4, 3, impl="plus").impl == "plus"
 
 
 @pytest.mark.parametrize("name", list(LAYERS))

@@ -14,12 +14,14 @@ As in the official code, a head is left out (its attention is 1) where it is red
 the kernel head when ``K = 1``, the spatial head for ``1×1`` kernels, the filter head for
 depthwise convolutions (``C = O = groups``), which keeps the published parameter counts.
 
-Computation: :func:`a2d2c.ops.mixed_conv2d` with coefficients ``a[b,k,i,j] =
-α_w[b,k]·α_s[b,i,j]`` (``(B, K, kh, kw)``), ``in_scale = α_c`` and ``out_scale = α_f``;
-the op folds the scales into the per-sample kernel, which it recomputes in backward
-instead of saving it (the official code keeps ``B`` full kernels per layer alive for
-backward). With ``1×1`` kernels the coefficients do not depend on the tap and the plus
-form is exact too. The bias is ``α_f[b,o]·Σ_k α_w[b,k]·b_k[o]``, passed per sample.
+Computation: :func:`a2d2c.ops.mixed_conv2d` with coefficients ``α_w`` (``(B, K)``),
+``tap_scale = α_s`` (``(B, kh, kw)``: the coefficient ``α_w[b,k]·α_s[b,i,j]`` kept
+factored), ``in_scale = α_c`` and ``out_scale = α_f``. The kernel and unfold paths fold
+the scales into the per-sample kernel, which they recompute in backward instead of saving
+it (the official code keeps ``B`` full kernels per layer alive for backward); the plus
+form is exact at every kernel size (the spatial attention scales the input's im2col
+columns per tap; on small maps 3× faster than the kernel form, measured). The bias is
+``α_f[b,o]·Σ_k α_w[b,k]·b_k[o]``, passed per sample.
 """
 
 from __future__ import annotations
@@ -55,8 +57,8 @@ class ODConv2d(TemperatureMixin, DynamicConvBase):
         temperature: initial ``τ`` (a buffer), dividing the logits of all four heads as
             in the official implementation; at ``τ = 1`` it has no effect.
         impl: the path of :func:`a2d2c.ops.mixed_conv2d` (``"auto"``, ``"kernel"``,
-            ``"unfold"``, ``"triton"``, and ``"plus"``/``"triton_plus"`` for ``1×1`` kernels); all
-            exact.
+            ``"unfold"``, ``"plus"``, ``"triton"``, and ``"triton_plus"`` for ``1×1``
+            kernels); all exact.
 
     Attributes:
         weight: ``(K, O, C/groups, kh, kw)``; bias: ``(K, O)`` or ``None``. The bias of
@@ -106,10 +108,11 @@ class ODConv2d(TemperatureMixin, DynamicConvBase):
         self._init_kernel_bank(num_kernels, bias, factory)
         h = self.hidden_channels = max(int(in_channels * self.reduction), self.min_hidden)
         taps = g.kernel_size[0] * g.kernel_size[1]
-        if impl in ("plus", "triton_plus") and taps > 1:
+        if impl == "triton_plus" and taps > 1:
             raise ValueError(
                 f"impl={impl!r} is exact for ODConv only with 1x1 kernels (its spatial attention "
-                f"depends on the tap), got kernel_size={g.kernel_size}; use 'auto' or 'kernel'")
+                f"depends on the tap), got kernel_size={g.kernel_size}; use 'auto', 'plus' "
+                f"(which scales its input columns per tap) or 'kernel'")
         depthwise = in_channels == groups == out_channels
         self.fc = nn.Linear(in_channels, h, **factory)
         self.channel_fc = nn.Linear(h, in_channels, **factory)
@@ -161,9 +164,10 @@ class ODConv2d(TemperatureMixin, DynamicConvBase):
         spatial = att["spatial"]
         if kernel_att is None:
             kernel_att = channel.new_ones(x.shape[0], 1)
+        # The kernel × spatial attention a[b,k]·s[b,t] stays factored (tap_scale), so the
+        # op's plus form is exact for every kernel size (its input columns scaled per tap).
         coeff = kernel_att  # (B, K)
-        if spatial is not None:  # (B, K, kh, kw): kernel × spatial attention
-            coeff = kernel_att[:, :, None, None] * spatial.view(-1, 1, *self.kernel_size)
+        tap_scale = None if spatial is None else spatial.view(-1, *self.kernel_size)
         bias = None
         if self.bias is not None:  # α_f ⊙ Σ_k α_w b_k, per sample
             bias = kernel_att.to(self.bias.dtype) @ self.bias
@@ -172,4 +176,5 @@ class ODConv2d(TemperatureMixin, DynamicConvBase):
             bias = bias[:, :, None, None]  # (B, O, 1, 1): a per-sample bias
         x, pad = self.geometry.pad_input(x)
         return mixed_conv2d(x, self.weight, coeff, bias, self.stride, pad, self.dilation,
-                            self.groups, in_scale=channel, out_scale=filt, impl=self.impl)
+                            self.groups, in_scale=channel, out_scale=filt, tap_scale=tap_scale,
+                            impl=self.impl)

@@ -32,7 +32,7 @@ __all__ = ["COST_CONSTANTS", "choose_impl", "estimate_costs"]
 # 2026-12-03) their choices have a geometric-mean regret of 1.015, max 1.50 (the earlier
 # constants: 1.035, max 2.09). ``reuse_blocked`` 0.5 holds on that grid and on the
 # 2-thread grids of a faster host (``bench_grid_reduced_cpu2t.csv``: 1.011, max 1.78;
-# ``bench_grid_stages_cpu2t.csv``, the CPU targets' layers: 1.003, max 1.08), where 0
+# ``bench_grid_stages_cpu2t.csv``, the CPU targets' layers: 1.002, max 1.07), where 0
 # put CIFAR ResNet-18's last stages on the blocked unfold path, 1.6-1.9x slower than plus
 # there. docs/performance.md, "The refit" and "The 2-thread grids".
 # CUDA values were fitted to ``a2d2c bench --device cuda --dtype bf16 --preset issue6``
@@ -55,7 +55,7 @@ _ELEM_BYTES = 4
 def estimate_costs(*, batch: int | None, in_channels: int, out_channels: int,
                    kernel_size: Sequence[int], groups: int, output_size: Sequence[int],
                    num_kernels: int, training: bool, device_type: str = "cpu",
-                   descriptor: bool = False) -> dict[str, float]:
+                   descriptor: bool = False, tap_scaled: bool = False) -> dict[str, float]:
     """Modelled cost per sample of the three exact CPU/torch paths of a mixed convolution.
 
     With ``L = H'·W'``, ``m = C/g·kh·kw``, the convolution's ``conv = O·m·L``
@@ -82,6 +82,10 @@ def estimate_costs(*, batch: int | None, in_channels: int, out_channels: int,
     ``descriptor=True`` (A²D²C) adds to ``kernel`` and ``unfold`` the attention descriptor
     they compute from the input: ``p·t·C·kh·L`` (the patch means: ``kh`` strided row sums)
     plus ``p·K·O·m`` (their product with the base kernels, a GEMM) plus ``f·F_descriptor/B``.
+
+    ``tap_scaled=True`` (ODConv's factored spatial attention, ``tap_scale`` of the op):
+    the plus form runs on per-tap scaled im2col columns, so it is priced as GEMMs,
+    ``p·γ_unfold·K·conv``, plus the im2col passes of the unfold path and the same mixing.
 
     ``batch=None`` means "any batch size" (no batch-1 case, no fixed cost, no blocks), as
     used while tracing.
@@ -127,7 +131,8 @@ def estimate_costs(*, batch: int | None, in_channels: int, out_channels: int,
         + calls * const["call_kernel"],
         "unfold": passes * const["unfold"] * conv + unfold_mix + cols + desc
         + calls * const["call_unfold"],
-        "plus": passes * const["dense"] * k * conv
+        "plus": passes * const["unfold" if tap_scaled else "dense"] * k * conv
+        + (cols if tap_scaled else 0.0)
         + const["touch"] * k * o * length * (6.0 if training else 2.0)
         + calls * const["call_plus"],
     }

@@ -802,6 +802,48 @@ def _plus(x, weight, coeff: MixedCoeff, in_scale, out_scale, bias_b, stride, pad
     return y
 
 
+def _plus_tap_scaled(x, weight, coeff: MixedCoeff, tap, in_scale, out_scale, bias_b, stride,
+                     padding, dilation, groups, cdt):
+    """The plus form for a coefficient that factors as ``a[b,k,o] · s_tap[b,t]`` (ODConv:
+    kernel × spatial attention): the input's im2col columns are scaled by ``s_in[b,c] ·
+    s_tap[b,t]``, one GEMM per group with the ``K·O`` base kernels over the columns of the
+    whole batch gives every sample's ``K`` responses, and they are mixed with ``a`` (plain
+    differentiable ops). Exact: ``Σ_t Σ_c (Σ_k a_k s_tap[t] W_k[o,c,t]) x[c, p+t] =
+    Σ_k a_k Σ_{c,t} W_k[o,c,t] · (s_tap[t] x[c, p+t])``. Cost as the plus form (``K``
+    convolutions, as GEMMs) plus im2col; memory: the scaled columns and the ``K·O``
+    responses."""
+    b, c, h, w = x.shape
+    k, o, cg = weight.shape[:3]
+    ksize = tuple(weight.shape[3:])
+    taps = ksize[0] * ksize[1]
+    og = o // groups
+    with torch.autocast(x.device.type, enabled=False):
+        xs = x.to(cdt)
+        if in_scale is not None:
+            xs = xs * in_scale.to(cdt)[:, :, None, None]
+        cols = F.unfold(xs, ksize, dilation=dilation, padding=padding, stride=stride)
+        length = cols.shape[-1]
+        cols = cols.view(b, c, taps, length) * tap.to(cdt).view(b, 1, taps, 1)
+        # (g, m, B·L): the batch's columns side by side, so each group is one GEMM with a
+        # wide right-hand side (per-sample GEMMs over a 4² map have 16 columns, and their
+        # weight gradient would expand the bank to B copies)
+        cols = cols.view(b, groups, cg * taps, length).permute(1, 2, 0, 3).reshape(
+            groups, cg * taps, b * length)
+        wg = (weight.to(cdt).reshape(k, groups, og, cg * taps).transpose(0, 1)
+              .reshape(groups, k * og, cg * taps))  # (g, K·O/g, m)
+        resp = torch.bmm(wg, cols).view(groups, k, og, b, length)
+        resp = resp.transpose(0, 1).reshape(k, o, b, length)  # (K, O, B, L), a view if g = 1
+        a = coeff.a[..., 0].to(cdt).permute(1, 2, 0)  # (K, Oa, B)
+        y = (resp * a[..., None]).sum(0)  # (O, B, L)
+        if out_scale is not None:
+            y = y * out_scale.to(cdt).t()[:, :, None]
+        if bias_b is not None:
+            y = y + bias_b.to(cdt).t()[:, :, None]
+        y = y.permute(1, 0, 2).contiguous().view(
+            b, o, *_out_size((h, w), ksize, stride, padding, dilation))
+    return y
+
+
 # ------------------------------------------------------------------ under torch.compile
 def _opaque_under_compile() -> bool:
     """Graph capture by ``torch.compile`` (not ``torch.export``/ONNX, which need plain ops
@@ -923,6 +965,20 @@ def _check_scale(scale: Tensor | None, name: str, batch: int, size: int, label: 
     return scale.expand(batch, size)
 
 
+def _check_tap_scale(scale: Tensor | None, batch: int, kernel_size: Sequence[int]
+                     ) -> Tensor | None:
+    """``tap_scale (B, kh, kw)`` (``B`` may be 1) as ``(B, 1, 1, kh·kw)``, or ``None``."""
+    if scale is None:
+        return None
+    kh, kw = kernel_size
+    if not isinstance(scale, Tensor) or scale.dim() != 3 or tuple(scale.shape[1:]) != (
+            kh, kw) or scale.shape[0] not in (1, batch):
+        got = tuple(scale.shape) if isinstance(scale, Tensor) else type(scale).__name__
+        raise ValueError(f"mixed_conv2d: tap_scale must have shape (B, kh, kw) = ({batch}, "
+                         f"{kh}, {kw}) (B may be 1), got {got}")
+    return scale.reshape(scale.shape[0], 1, 1, kh * kw).expand(batch, 1, 1, kh * kw)
+
+
 def _mix_bias(bias: Tensor | None, coeff: MixedCoeff, batch: int, num_kernels: int,
               out_channels: int, wdt: torch.dtype) -> Tensor | None:
     """The per-sample bias ``b̃ (B, O)`` (SPEC §5), or ``None``."""
@@ -948,12 +1004,13 @@ def auto_impl(x_shape: Sequence[int], weight_shape: Sequence[int], coeff_per_tap
               training: bool, device_type: str, stride: Sequence[int] = (1, 1),
               padding: Sequence[int] = (0, 0), dilation: Sequence[int] = (1, 1),
               groups: int = 1, tracing: bool = False,
-              candidates: Sequence[str] | None = None) -> str:
+              candidates: Sequence[str] | None = None, tap_scaled: bool = False) -> str:
     """The path ``impl="auto"`` takes for these shapes (the cheapest modelled exact one).
 
     ``tracing`` leaves out ``"kernel"``, whose number of groups is the batch size, so that
     one traced graph serves every batch size. ``candidates``: choose among these paths
-    only (default: every exact one).
+    only (default: every exact one). ``tap_scaled``: a factored ``tap_scale`` is given
+    (its plus form runs on scaled im2col columns).
     """
     b, c, h, w = x_shape[0], int(x_shape[1]), int(x_shape[2]), int(x_shape[3])
     k, o = int(weight_shape[0]), int(weight_shape[1])
@@ -964,7 +1021,8 @@ def auto_impl(x_shape: Sequence[int], weight_shape: Sequence[int], coeff_per_tap
         candidates = tuple(i for i in candidates if i != "kernel")
     return choose_impl(batch=None if tracing else int(b), in_channels=c, out_channels=o,
                        kernel_size=ksize, groups=groups, output_size=(ho, wo), num_kernels=k,
-                       training=training, device_type=device_type, candidates=candidates)
+                       training=training, device_type=device_type, candidates=candidates,
+                       tap_scaled=tap_scaled)
 
 
 def exact_impls(coeff_per_tap: bool) -> tuple[str, ...]:
@@ -982,14 +1040,16 @@ def _measured_impl(args: tuple, modelled: str, per_tap: bool, stride: tuple[int,
     if x.device.type == "cuda" and triton_available():
         # the fused kernels: compiled on first use, may fail; triton_plus only where it is
         # exact and no deterministic algorithms are asked for (its backward uses atomics)
-        plus_ok = not per_tap and not torch.are_deterministic_algorithms_enabled()
+        plus_ok = (not per_tap and args[6] is None  # triton_plus takes no tap_scale
+                   and not torch.are_deterministic_algorithms_enabled())
         fallible = TRITON_IMPLS if plus_ok else ("triton",)
         candidates.extend(fallible)
     key = tuning.signature("mixed_conv2d", args, stride, padding, dilation, groups)
 
     def run(impl: str) -> None:
         tuning.replay(lambda t: mixed_conv2d(*t[:4], stride, padding, dilation, groups,
-                                             in_scale=t[4], out_scale=t[5], impl=impl), args)
+                                             in_scale=t[4], out_scale=t[5], tap_scale=t[6],
+                                             impl=impl), args)
 
     return tuning.tuned_choice(key, candidates, run, x.device, fallible=fallible)
 
@@ -1013,6 +1073,7 @@ def mixed_conv2d(
     *,
     in_scale: Tensor | None = None,
     out_scale: Tensor | None = None,
+    tap_scale: Tensor | None = None,
     impl: str = "auto",
 ) -> Tensor:
     """Convolve each sample with its own mixture of ``K`` base kernels (SPEC §5).
@@ -1030,9 +1091,14 @@ def mixed_conv2d(
         in_scale: ``(B, C)`` input-channel scale ``s_in``, or ``None``.
         out_scale: ``(B, O)`` output-channel scale ``s_out``, or ``None`` (applied before
             the bias: ``y = s_out ⊙ conv(s_in ⊙ x, W̃) + b̃``).
+        tap_scale: ``(B, kh, kw)`` per-sample scale ``s_tap`` of each kernel tap, shared
+            by the ``K`` kernels and all channels (ODConv's spatial attention), or
+            ``None``: the same as passing ``coeff ⊙ s_tap`` as ``coeff``, but with
+            ``coeff`` independent of the tap the product stays factored, so the plus
+            form is exact (its input columns are scaled per tap; SPEC §5, ODConv).
         impl: ``"auto"``, ``"kernel"``, ``"unfold"``, ``"plus"`` (only for ``coeff``
             independent of the tap), ``"triton"`` or ``"triton_plus"`` (the fused plus
-            form; only for ``coeff`` independent of the tap).
+            form; only for ``coeff`` independent of the tap and no ``tap_scale``).
 
     Returns:
         ``(B, O, H', W')``. Differentiable in every tensor argument.
@@ -1042,7 +1108,7 @@ def mixed_conv2d(
     eager code; ``torch.export``/ONNX export and ``torch.func`` see plain differentiable ops.
     """
     _check(x, weight, groups)
-    args = (x, weight, coeff, bias, in_scale, out_scale)  # as given, for a measured choice
+    args = (x, weight, coeff, bias, in_scale, out_scale, tap_scale)  # for a measured choice
     if impl not in IMPLS:
         raise ValueError(f"mixed_conv2d: impl must be one of {IMPLS}, got {impl!r}")
     stride, padding, dilation = (_pair(stride, "stride"), _pair(padding, "padding"),
@@ -1058,22 +1124,40 @@ def mixed_conv2d(
     cf = canonical_coeff(coeff, b, k, o, ksize)
     in_scale = _check_scale(in_scale, "in_scale", b, c, "C")
     out_scale = _check_scale(out_scale, "out_scale", b, o, "O")
+    tap = _check_tap_scale(tap_scale, b, ksize)
     bias_b = _mix_bias(bias, cf, b, k, o, weight.dtype)
     tracing = _is_tracing()
     grads = torch.is_grad_enabled() and any(
-        t is not None and t.requires_grad for t in (x, weight, coeff, in_scale, out_scale, bias))
+        t is not None and t.requires_grad
+        for t in (x, weight, coeff, in_scale, out_scale, bias, tap_scale))
+    # Factored: the plus form stays exact (the tap scale goes on its input columns); every
+    # other path mixes per tap with a[b,k,o,t]·s_tap[b,t] (B·K·Oa·T values).
+    plain = cf
+    factored = tap is not None and not cf.per_tap and math.prod(ksize) > 1
+    if tap is not None:
+        cf = MixedCoeff(cf.a * tap.to(cf.a.dtype), cf.per_channel,
+                        cf.per_tap or math.prod(ksize) > 1)
     requested = impl
     if impl == "auto":
-        impl = auto_impl(x.shape, weight.shape, cf.per_tap, training=grads,
+        impl = auto_impl(x.shape, weight.shape, cf.per_tap and not factored, training=grads,
                          device_type=x.device.type, stride=stride, padding=padding,
-                         dilation=dilation, groups=groups, tracing=tracing)
+                         dilation=dilation, groups=groups, tracing=tracing,
+                         tap_scaled=factored)
         if tuning.is_benchmark_enabled() and not tracing and not _functorch_active():
-            impl = _measured_impl(args, impl, cf.per_tap, stride, padding, dilation, groups)
+            impl = _measured_impl(args, impl, cf.per_tap and not factored, stride, padding,
+                                  dilation, groups)
     cdt = compute_dtype(x)
+    if impl == "plus" and factored:
+        return _plus_tap_scaled(x, weight, plain, tap, in_scale, out_scale, bias_b, stride,
+                                padding, dilation, groups, cdt)
     if impl in ("plus", "triton_plus") and cf.per_tap:
+        fix = ("; or pass the tap-dependent part as tap_scale (B, kh, kw)"
+               if impl == "plus" and tap is None else "")
+        if impl == "triton_plus" and factored:
+            fix = "; impl='plus' takes a tap_scale"
         raise ValueError(
             f"mixed_conv2d: impl={impl!r} is exact only for coefficients independent of the "
-            "tap (coeff (B, K) or (B, K, O)); use impl='kernel', 'unfold' or 'triton'")
+            f"tap (coeff (B, K) or (B, K, O)); use impl='kernel', 'unfold' or 'triton'{fix}")
     if impl == "plus":
         return _plus(x, weight, cf, in_scale, out_scale, bias_b, stride, padding, dilation,
                      groups, cdt)

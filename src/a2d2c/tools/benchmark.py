@@ -246,12 +246,13 @@ def _resolved_impls(module: nn.Module, x: Tensor, training: bool) -> str:
             seen.append(mod.resolve_impl(shape, training=training, device=device))
         elif mod.impl != "auto":
             seen.append(mod.impl)
-        else:  # the baselines: the op's own choice (ODConv's coeff depends on the tap)
-            per_tap = getattr(mod, "spatial_fc", None) is not None
-            seen.append(auto_impl(shape, mod.weight.shape, per_tap, training=training,
+        else:  # the baselines: the op's own choice (ODConv's spatial attention: a factored
+            # per-tap scale)
+            tap_scaled = getattr(mod, "spatial_fc", None) is not None
+            seen.append(auto_impl(shape, mod.weight.shape, False, training=training,
                                   device_type=device.type, stride=mod.stride,
                                   padding=mod.padding, dilation=mod.dilation,
-                                  groups=mod.groups))
+                                  groups=mod.groups, tap_scaled=tap_scaled))
 
     for m in module.modules():
         if isinstance(m, _IMPL_LAYERS):
@@ -755,9 +756,11 @@ def _grid_exact(layer: str, triton: bool) -> tuple[str, ...]:
     """The exact paths the grid times for ``layer``: the torch ones, and with ``triton``
     (CUDA with triton installed) the Triton ones — which only the measured choice, not
     the cost model, can pick."""
-    per_tap = layer == "odconv"  # its spatial attention depends on the tap (3×3 here)
+    # ODConv's spatial attention depends on the tap (3×3 here): a factored tap scale, which
+    # the plus form takes but the fused Triton plus form does not
+    per_tap = layer == "odconv"
     extra = (("triton",) if per_tap else _FALLIBLE_IMPLS) if triton else ()
-    return (*exact_impls(per_tap), *extra)
+    return (*exact_impls(False), *extra)
 
 
 def _grid_variants(triton: bool = False) -> list[Variant]:
@@ -777,8 +780,8 @@ def _grid_choice(layer: str, case: Case, training: bool, device: torch.device) -
                           num_kernels=case.num_kernels)
         return conv.resolve_impl(x_shape, training=training, device=device)
     return auto_impl(x_shape, (case.num_kernels, case.channels, case.channels, 3, 3),
-                     layer == "odconv", training=training, device_type=device.type,
-                     padding=(1, 1))
+                     False, training=training, device_type=device.type,
+                     padding=(1, 1), tap_scaled=layer == "odconv")
 
 
 def _load1() -> float:

@@ -37,7 +37,7 @@ def load_grid_points(paths: Iterable[str | Path]) -> list[dict]:
     out = []
     for (_n, case, layer), g in groups.items():
         meta = g.pop("meta")
-        exact = {i: g[i] for i in exact_impls(layer == "odconv") if i in g}
+        exact = {i: g[i] for i in exact_impls(False) if i in g}  # ODConv: plus since 12-04
         if len(exact) >= 2:
             out.append(dict(case=case, layer=layer, batch=int(meta["batch"]),
                             c=int(meta["channels"]), size=int(meta["size"]),
@@ -55,7 +55,8 @@ def model_choice(point: Mapping, constants: Mapping[str, float] | None = None) -
             batch=point["batch"], in_channels=point["c"], out_channels=point["c"],
             kernel_size=(3, 3), groups=1, output_size=(point["size"], point["size"]),
             num_kernels=4, training=point["train"], device_type="cpu",
-            candidates=tuple(point["times"]), descriptor=point["layer"] == "a2d2c")
+            candidates=tuple(point["times"]), descriptor=point["layer"] == "a2d2c",
+            tap_scaled=point["layer"] == "odconv")
     finally:
         cost.COST_CONSTANTS["cpu"].clear()
         cost.COST_CONSTANTS["cpu"].update(saved)
