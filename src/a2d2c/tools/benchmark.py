@@ -37,7 +37,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from ..allocator import allocator_state
+from ..allocator import allocator_state, release_free_memory
 from ..layers import CondConv2d, DynamicConv2d, ODConv2d
 from ..layers.a2d2c import IMPLS, A2D2Conv2d
 from ..layers.factory import create_conv2d, get_conv_layer, list_conv_layers
@@ -822,6 +822,7 @@ def run_grid(*, grid: str = "reduced", device: str | torch.device = "cpu",
     for case in cases:
         if case.name in done:
             continue
+        release_free_memory()  # the previous point's blocks (a2d2c.allocator)
         load = _load1()
         rows = _run_case(case, variants, device, None, device.type == "cuda", repeats, warmup,
                          lambda _msg: None, min_sample_s=min_sample_s)
