@@ -674,6 +674,12 @@ def _unfold_blocked_backward(conf, needs, grad_y, x, weight, a, in_scale, out_sc
 CPU_SHARED_BANK_BYTES = 32 << 20
 
 
+def _bank_by_channel(weight: Tensor) -> Tensor:
+    """The base kernels ``(K, O, ...)`` as a contiguous ``(O, K, m)`` copy."""
+    k, o = weight.shape[:2]
+    return weight.reshape(k, o, -1).transpose(0, 1).contiguous()
+
+
 class _SharedBankGrads(NamedTuple):
     """What the batch chunks of one backward share for tap-independent coefficients: the
     bank as ``(O, K, m)`` for the coefficient gradient, and the ``(O, K, m)`` sum the
@@ -688,7 +694,7 @@ class _SharedBankGrads(NamedTuple):
                 or weight.numel() * weight.element_size() <= CPU_SHARED_BANK_BYTES):
             return None
         k, o = weight.shape[:2]
-        w_o = weight.reshape(k, o, -1).transpose(0, 1).contiguous() if needs[2] else None
+        w_o = _bank_by_channel(weight) if needs[2] else None
         grad_w = (torch.zeros(o, k, weight[0, 0].numel(), dtype=weight.dtype,
                               device=weight.device) if needs[1] else None)
         return _SharedBankGrads(w_o, grad_w)
@@ -728,8 +734,7 @@ def _kernel_space_grads(gk: Tensor, mixed: Tensor, w_flat: Tensor, a: Tensor,
         # GEMM's narrow output dimension (15x faster on CPU than the other orientation).
         g_t = g_mixed.reshape(b, o, -1).transpose(0, 1)  # (O, B, m)
         if needs[2]:
-            w_o = (shared.w_o if shared is not None
-                   else w_flat.reshape(k, o, -1).transpose(0, 1).contiguous())  # (O, K, m)
+            w_o = shared.w_o if shared is not None else _bank_by_channel(w_flat)  # (O, K, m)
             grad_a = torch.bmm(w_o, g_t.transpose(1, 2)).permute(2, 1, 0)  # (B, K, O)
             if a.shape[2] == 1:
                 grad_a = grad_a.sum(2, keepdim=True)
@@ -1132,20 +1137,21 @@ def mixed_conv2d(
         for t in (x, weight, coeff, in_scale, out_scale, bias, tap_scale))
     # Factored: the plus form stays exact (the tap scale goes on its input columns); every
     # other path mixes per tap with a[b,k,o,t]·s_tap[b,t] (B·K·Oa·T values).
+    # ``plain.per_tap``: what no plus form can take (a tap dependence of ``coeff`` itself).
     plain = cf
-    factored = tap is not None and not cf.per_tap and math.prod(ksize) > 1
+    multi_tap = math.prod(ksize) > 1
+    factored = tap is not None and not plain.per_tap and multi_tap
     if tap is not None:
-        cf = MixedCoeff(cf.a * tap.to(cf.a.dtype), cf.per_channel,
-                        cf.per_tap or math.prod(ksize) > 1)
+        cf = MixedCoeff(cf.a * tap.to(cf.a.dtype), cf.per_channel, cf.per_tap or multi_tap)
     requested = impl
     if impl == "auto":
-        impl = auto_impl(x.shape, weight.shape, cf.per_tap and not factored, training=grads,
+        impl = auto_impl(x.shape, weight.shape, plain.per_tap, training=grads,
                          device_type=x.device.type, stride=stride, padding=padding,
                          dilation=dilation, groups=groups, tracing=tracing,
                          tap_scaled=factored)
         if tuning.is_benchmark_enabled() and not tracing and not _functorch_active():
-            impl = _measured_impl(args, impl, cf.per_tap and not factored, stride, padding,
-                                  dilation, groups)
+            impl = _measured_impl(args, impl, plain.per_tap, stride, padding, dilation,
+                                  groups)
     cdt = compute_dtype(x)
     if impl == "plus" and factored:
         return _plus_tap_scaled(x, weight, plain, tap, in_scale, out_scale, bias_b, stride,

@@ -766,8 +766,7 @@ def _grid_exact(layer: str, triton: bool) -> tuple[str, ...]:
     the cost model, can pick."""
     # ODConv's spatial attention depends on the tap (3×3 here): a factored tap scale, which
     # the plus form takes but the fused Triton plus form does not
-    per_tap = layer == "odconv"
-    extra = (("triton",) if per_tap else _FALLIBLE_IMPLS) if triton else ()
+    extra = (("triton",) if layer == "odconv" else _FALLIBLE_IMPLS) if triton else ()
     return (*exact_impls(False), *extra)
 
 
