@@ -60,27 +60,10 @@ def test_variants_match_oracle(impl: str, descriptor: str, logit_scale: str) -> 
     pi_ref, y_ref = _oracle(layer, x)
     torch.testing.assert_close(layer.attention(x), pi_ref)
     torch.testing.assert_close(layer(x), y_ref)
-    layer.eval()  # the blocked inference path (kernel form) slices the per-channel scale
+    layer.eval()  # inference: no autograd node, the op's kernel path
     with torch.no_grad():
         torch.testing.assert_close(layer(x), y_ref)
         torch.testing.assert_close(layer.attention(x), pi_ref)
-
-
-def test_blocked_inference_concatenates_blocks() -> None:
-    """With several output-channel blocks, attention() returns all O channels."""
-    torch.manual_seed(1)
-    layer = A2D2Conv2d(4, 6, 3, padding=1, sampling="global", impl="kernel",
-                       logit_scale="channel").double().eval()
-    with torch.no_grad():
-        layer.log_scale.copy_(torch.arange(6, dtype=torch.float64) / 3)
-    x = torch.randn(2, 4, 5, 5, dtype=torch.float64)
-    pi_ref, y_ref = _oracle(layer, x)
-    # a block of K·m·8 bytes holds one output channel: six blocks
-    orig = layer._infer_kernel_blocked
-    layer._infer_kernel_blocked = lambda *a, **k: orig(*a, block_bytes=1, **k)
-    with torch.no_grad():
-        torch.testing.assert_close(layer.attention(x), pi_ref)
-        torch.testing.assert_close(layer(x), y_ref)
 
 
 def test_extra_parameters_and_init() -> None:

@@ -133,19 +133,6 @@ def test_every_layer_type_dynamic_attention_is_seen() -> None:
     assert "pi:" in report.summary_line()
 
 
-def test_blocked_inference_path_sees_all_channels() -> None:
-    torch.manual_seed(0)
-    layer = A2D2Conv2d(4, 6, 3, padding=1, impl="kernel", sampling="global")
-    x = torch.randn(3, 4, 6, 6)
-    ref = attention_stats(layer, x).rows[0]
-    orig = layer._infer_kernel_blocked
-    layer._infer_kernel_blocked = lambda *a, **k: orig(*a, block_bytes=1, **k)
-    blk = attention_stats(layer, x).rows[0]
-    assert blk.shape == "4x6"
-    for col in ("entropy_ratio", "mean_max", "sample_sd", "channel_sd", "output_change"):
-        assert getattr(blk, col) == pytest.approx(getattr(ref, col), rel=1e-5), col
-
-
 def test_no_dynamic_layers_and_bad_input() -> None:
     assert len(attention_stats(nn.Conv2d(1, 1, 1), torch.randn(2, 1, 3, 3))) == 0
     with pytest.raises(TypeError, match="attention_stats expects"):

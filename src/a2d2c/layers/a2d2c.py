@@ -56,13 +56,9 @@ from ..ops.mixed_conv import (
     _functorch_active,
     _is_tracing,
     _opaque_under_compile,
-    compute_dtype,
     exact_impls,
-    kernel_workspace,
-    mix_kernels,
     mix_responses,
     mixed_conv2d,
-    per_sample_conv,
     plus_responses,
     triton_available,
 )
@@ -185,6 +181,7 @@ class A2D2Conv2d(TemperatureMixin, DynamicConvBase):
             shape = () if logit_scale == "layer" else (out_channels,)
             self.log_scale = nn.Parameter(torch.zeros(shape, **factory))
         self._fixed_points: dict[tuple[int, int, str], Tensor] = {}
+        self._tap_selections: dict[tuple, tuple[Tensor, Tensor]] = {}
         self.reset_parameters()
 
     # ------------------------------------------------------------------ parameters
@@ -375,12 +372,8 @@ class A2D2Conv2d(TemperatureMixin, DynamicConvBase):
         return points.long()
 
     # ------------------------------------------------------------------ attention
-    def _attention(self, pbar: Tensor, channels: slice | None = None) -> Tensor:
-        """``p̄ (B, N, K, O)`` → ``π (B, K, O)``, computed in at least float32.
-
-        ``channels``: the output channels ``pbar`` holds when it is a block of them (the
-        blocked inference path), for the per-channel logit scale; ``None``: all ``O``.
-        """
+    def _attention(self, pbar: Tensor) -> Tensor:
+        """``p̄ (B, N, K, O)`` → ``π (B, K, O)``, computed in at least float32."""
         z = pbar
         if self.descriptor == "standardized":
             mean = z.mean(2, keepdim=True)
@@ -389,10 +382,7 @@ class A2D2Conv2d(TemperatureMixin, DynamicConvBase):
         if self.fc1 is not None:
             z = self.fc2(F.relu(self.fc1(z.to(self.fc1.weight.dtype)))).to(pbar.dtype)
         if self.log_scale is not None:
-            theta = self.log_scale.to(z.dtype)
-            if channels is not None and theta.dim() == 1:
-                theta = theta[channels]
-            z = z * theta.exp()
+            z = z * self.log_scale.to(z.dtype).exp()
         tau = self.temperature.to(z.dtype)
         return torch.softmax(z / tau, dim=2).mean(1)
 
@@ -407,8 +397,8 @@ class A2D2Conv2d(TemperatureMixin, DynamicConvBase):
         captured: list[Tensor] = []
         compute = self._attention
 
-        def capture(pbar: Tensor, channels: slice | None = None) -> Tensor:
-            pi = compute(pbar, channels)
+        def capture(pbar: Tensor) -> Tensor:
+            pi = compute(pbar)
             captured.append(pi)
             return pi
 
@@ -417,8 +407,7 @@ class A2D2Conv2d(TemperatureMixin, DynamicConvBase):
             self.forward(x, points)
         finally:
             del self.__dict__["_attention"]
-        # the blocked inference path computes π one block of output channels at a time
-        return captured[0] if len(captured) == 1 else torch.cat(captured, dim=2)
+        return captured[0]
 
     def _acc_dtype(self) -> torch.dtype:
         return torch.promote_types(self.weight.dtype, torch.float32)
@@ -476,6 +465,26 @@ class A2D2Conv2d(TemperatureMixin, DynamicConvBase):
 
         return tuning.tuned_choice(key, candidates, run, x.device, fallible=fallible)
 
+    def _tap_selection(self, h: int, w: int, ho: int, wo: int, pad: tuple[int, int],
+                       dtype: torch.dtype, device: torch.device) -> tuple[Tensor, Tensor]:
+        """0/1 matrices ``A_h (kh, H)``, ``A_w (kw, W)``: ``A_h[i, r] = 1`` when input row
+        ``r`` is tap row ``i`` of some output row (likewise columns); cached per shape."""
+        key = (h, w, ho, wo, tuple(pad), dtype, str(device))
+        got = self._tap_selections.get(key)
+        if got is None:
+            def rows(k: int, d: int, p: int, s: int, count: int, size: int) -> Tensor:
+                m = torch.zeros(k, size, dtype=dtype)
+                for i in range(k):
+                    hit = [i * d - p + y * s for y in range(count)]
+                    m[i, [r for r in hit if 0 <= r < size]] = 1
+                return m.to(device)
+
+            (kh, kw), (sh, sw), (dh, dw) = self.kernel_size, self.stride, self.dilation
+            got = (rows(kh, dh, pad[0], sh, ho, h), rows(kw, dw, pad[1], sw, wo, w))
+            if not _is_tracing():  # never cache a traced (fake) tensor
+                self._tap_selections[key] = got
+        return got
+
     def _patch_means(self, x: Tensor, pad: tuple[int, int], idx: Tensor | None,
                      ho: int, wo: int) -> Tensor:
         """Mean input patch over the sampled positions: ``(B, N, C, kh·kw)``."""
@@ -485,19 +494,13 @@ class A2D2Conv2d(TemperatureMixin, DynamicConvBase):
         if idx is None:
             # All positions: for kernel offset (i, j) the sum of x over the strided grid of
             # rows i·dh - ph + y·sh and columns j·dw - pw + x·sw that fall inside the input
-            # (padding adds zeros). Rows first: kh strided passes over x, then kw cheap
-            # column sums of each (B, C, W) row sum; no padded copy of x.
-            def span(offset: int, pad: int, step: int, count: int, size: int) -> slice:
-                first = offset - pad  # input index of output position 0
-                lo = 0 if first >= 0 else (-first + step - 1) // step  # first y inside
-                hi = min(count - 1, (size - 1 - first) // step) if first < size else -1
-                if hi < lo:
-                    return slice(0, 0)
-                return slice(first + lo * step, first + hi * step + 1, step)
-
-            rows = [x[:, :, span(i * dh, ph, sh, ho, h), :].sum(2) for i in range(kh)]
-            means = [r[:, :, span(j * dw, pw, sw, wo, w)].sum(2) for r in rows for j in range(kw)]
-            return (torch.stack(means, dim=-1) / (ho * wo)).unsqueeze(1)
+            # (padding adds zeros), as two GEMMs with 0/1 tap-selection matrices,
+            # A_h (kh, H) · x[b, c] · A_wᵀ (W, kw): no padded copy of x, and two ops instead
+            # of kh + kh·kw strided sums (measured 1.7-2.6x faster, 2 threads).
+            sel_h, sel_w = self._tap_selection(h, w, ho, wo, pad, x.dtype, x.device)
+            cols = torch.mm(x.reshape(b * c * h, w), sel_w.t()).view(b * c, h, kw)
+            means = torch.matmul(sel_h, cols)  # (B·C, kh, kw)
+            return (means / (ho * wo)).view(b, 1, c, kh * kw)
         # Sampled positions: one bag of M input pixels per (sample, draw, kernel offset),
         # summed by embedding_bag over the pixels as rows of a (B·H·W, C) table (a view for
         # channels_last input) with weight 1/M, or 0 for a position in the zero padding
@@ -540,10 +543,6 @@ class A2D2Conv2d(TemperatureMixin, DynamicConvBase):
         b, c = x.shape[:2]
         k, o, g = self.num_kernels, self.out_channels, self.groups
         acc = self._acc_dtype()
-        grads = torch.is_grad_enabled() and (x.requires_grad or self.weight.requires_grad)
-        if (not grads and not traceable and method == "kernel" and self.head == "direct"
-                and g == 1 and not _functorch_active()):  # in-place blocks: not under vmap
-            return self._infer_kernel_blocked(x, pad, idx, ho, wo)
         with torch.autocast(x.device.type, enabled=False):
             patches = self._patch_means(x.to(acc), pad, idx, ho, wo)  # (B, N, C, T)
             n = patches.shape[1]
@@ -570,52 +569,6 @@ class A2D2Conv2d(TemperatureMixin, DynamicConvBase):
             method = "auto"
         return mixed_conv2d(x, self.weight, pi, self.bias, self.stride, pad, self.dilation,
                             self.groups, impl=method)
-
-    def _infer_kernel_blocked(self, x: Tensor, pad: tuple[int, int], idx: Tensor | None,
-                              ho: int, wo: int, block_bytes: int = 1 << 22) -> Tensor:
-        """Kernel form without autograd, ``direct`` head, ``groups=1``: one weight read.
-
-        With the ``direct`` head the softmax is per output channel, so the descriptor
-        ``p̄ = W_k · mean patch + b_k``, the softmax and the kernel mix
-        (:func:`a2d2c.ops.mixed_conv.mix_kernels`) can run per block of output channels
-        while the block's ``K`` weight rows are in cache: every base weight is read from
-        memory once instead of twice (at batch 1 a late layer is bound by exactly that
-        traffic). The convolution is the op's kernel path
-        (:func:`a2d2c.ops.mixed_conv.per_sample_conv`).
-        """
-        b = x.shape[0]
-        k, o = self.num_kernels, self.out_channels
-        acc = self._acc_dtype()
-        cdt = compute_dtype(x)
-        with torch.autocast(x.device.type, enabled=False):
-            patches = self._patch_means(x.to(acc), pad, idx, ho, wo)  # (B, N, C, T)
-            n = patches.shape[1]
-            patches = patches.reshape(b, n, -1)  # (B, N, m), m in the weight's (C, kh, kw) order
-            weight = self.weight.reshape(k, o, self.weight.shape[2], -1)  # (K, O, C, T)
-            m = weight.shape[2] * weight.shape[3]
-            kernels = kernel_workspace((b, o, *weight.shape[2:]), self.weight.dtype,
-                                       x.device)
-            pi = torch.empty(b, k, o, dtype=acc, device=x.device)
-            cols = patches.reshape(b * n, m).t()  # (m, B·N)
-            step = max(1, block_bytes // max(1, k * m * weight.element_size()))
-            for start in range(0, o, step):
-                stop = min(o, start + step)
-                w_blk = weight[:, start:stop]  # (K, Ob, C, T)
-                # (K, Ob, m) is a strided view of the bank (no copy of the K weight rows)
-                pbar = torch.matmul(w_blk.flatten(2).to(acc), cols)  # (K, Ob, B·N)
-                pbar = pbar.view(k, stop - start, b, n).permute(2, 3, 0, 1)  # (B, N, K, Ob)
-                if self.bias is not None:
-                    pbar = pbar + self.bias[:, start:stop].to(acc)
-                pi_blk = self._attention(pbar, slice(start, stop))  # (B, K, Ob)
-                pi[:, :, start:stop] = pi_blk
-                mix_kernels(pi_blk.to(weight.dtype).unsqueeze(-1), w_blk,
-                            out=kernels[:, start:stop], block_bytes=1 << 62)
-            agg_bias = None
-            if self.bias is not None:
-                agg_bias = torch.einsum("bko,ko->bo", pi.to(self.bias.dtype), self.bias)
-            return per_sample_conv(x.to(cdt), kernels.to(cdt),
-                                   None if agg_bias is None else agg_bias.to(cdt),
-                                   self.kernel_size, self.stride, pad, self.dilation, 1)
 
     def _forward_plus(self, x: Tensor, pad: tuple[int, int], idx: Tensor | None,
                       ho: int, wo: int) -> Tensor:
