@@ -272,6 +272,28 @@ def test_eval_is_deterministic_and_global_by_default():
     torch.testing.assert_close(layer(x), oracle(layer, x, None), rtol=1e-10, atol=1e-10)
 
 
+def test_global_sampling_inference_then_training():
+    """All-position descriptor under inference_mode, then a training step on the same layer
+    (nothing made under inference_mode may be saved for backward), for two input sizes:
+    outputs and gradients stay the loop oracle's."""
+    torch.manual_seed(0)
+    layer = make_layer(sampling="global", stride=2, impl="kernel")
+    for h, w in ((9, 8), (6, 7)):
+        x = torch.randn(2, 4, h, w, dtype=torch.float64)
+        with torch.inference_mode():
+            got = layer.eval()(x)
+        torch.testing.assert_close(got, oracle(layer, x, None), rtol=1e-10, atol=1e-10)
+        layer.train()
+        xg = x.clone().requires_grad_()
+        y = layer(xg)
+        torch.testing.assert_close(y, oracle(layer, xg, None), rtol=1e-10, atol=1e-10)
+        gy = torch.randn_like(y)
+        leaves = [xg, layer.weight]
+        for a, b in zip(torch.autograd.grad(y, leaves, gy),
+                        torch.autograd.grad(oracle(layer, xg, None), leaves, gy), strict=True):
+            torch.testing.assert_close(a, b, rtol=1e-10, atol=1e-10)
+
+
 @pytest.mark.parametrize("impl", EXACT_IMPLS)
 @pytest.mark.parametrize("head", ["direct", "mlp"])
 def test_gradcheck(impl, head):

@@ -551,3 +551,48 @@ def test_tap_scale_errors_say_what_to_pass():
     with pytest.raises(ValueError, match="exact only for coefficients independent"):
         mixed_conv2d(x, weight, torch.rand(2, K, 3, 3), tap_scale=torch.rand(2, 3, 3),
                      impl="plus")
+
+
+# ------------------------------------------------------------------ plus form: conv or GEMM
+@pytest.mark.parametrize("coeff_name,geo_name,bias_kind,scales",
+                         [c for c in CASES if not _tap_dependent(*COEFFS[c[0]])])
+def test_plus_form_by_gemm_matches_the_oracle(monkeypatch, coeff_name, geo_name, bias_kind,
+                                              scales):
+    """The plus form's responses by im2col + one GEMM per group (the measured choice may
+    take it on CPU): output and every gradient against the loop oracle, no convolution."""
+    from a2d2c.ops import mixed_conv as mc
+
+    monkeypatch.setattr(mc, "plus_method", lambda *a, **k: "gemm")
+    with _ConvShapes() as seen:
+        _check("plus", coeff_name, geo_name, bias_kind, scales)
+    assert seen.weights == []
+
+
+def test_plus_method_is_measured_only_under_benchmark(monkeypatch):
+    """``plus_method``: the convolution by default; with measured choice on, the faster of
+    the two methods for the signature (timed once, cached under ``plus_responses``)."""
+    from a2d2c.ops import tuning
+    from a2d2c.ops.mixed_conv import PLUS_METHODS, plus_method
+
+    x = torch.randn(3, 4, 5, 5, requires_grad=True)
+    weight = torch.randn(2, 6, 4, 3, 3, requires_grad=True)
+    geo = ((1, 1), (1, 1), (1, 1), 1)
+    assert plus_method(x, weight, *geo) == "conv"
+    timed = []
+    for fast in PLUS_METHODS:
+        tuning.clear_cache()
+        seconds = {"conv": 2.0, "gemm": 2.0, fast: 1.0}
+        monkeypatch.setattr(tuning, "_time_path",
+                            lambda run, impl, *a, s=seconds: timed.append(impl) or s[impl])
+        with tuning.benchmark():
+            assert plus_method(x, weight, *geo) == fast
+            assert plus_method(x, weight, *geo) == fast  # cached: not timed again
+    assert timed == ["conv", "gemm"] * 2
+    (key, measured), = tuning.cache_info().items()
+    assert key[0] == "plus_responses" and measured.choice == "gemm"
+    monkeypatch.undo()
+    tuning.clear_cache()
+    with tuning.benchmark(repeats=1):  # real timing: either, and nothing accumulated
+        assert plus_method(x, weight, *geo) in PLUS_METHODS
+    assert x.grad is None and weight.grad is None
+    tuning.clear_cache()

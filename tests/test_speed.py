@@ -232,6 +232,26 @@ def test_no_grad_kernel_path_matches_loop_oracle(geometry, batch, draws):
     torch.testing.assert_close(got_global, oracle(layer, x, None), rtol=1e-10, atol=1e-10)
 
 
+@pytest.mark.parametrize("geometry", [dict(), dict(stride=2, padding=0, bias=False),
+                                      dict(padding=(1, 2), dilation=2, groups=2)])
+def test_plus_form_by_gemm_matches_loop_oracle(geometry, monkeypatch):
+    """A²D²C+ with its K responses by im2col + GEMM (what measured choice may take):
+    output and the gradients of input and every parameter against the loop oracle."""
+    monkeypatch.setattr(a2d2c_module, "plus_method", lambda *a, **k: "gemm")
+    torch.manual_seed(0)
+    layer = make_layer(num_kernels=3, num_points=5, num_draws=2, impl="plus", **geometry)
+    x = torch.randn(2, 4, 9, 8, dtype=torch.float64, requires_grad=True)
+    ho, wo = output_hw(layer, 9, 8)
+    pts = random_points(2, 2, 5, ho * wo, torch.Generator().manual_seed(1))
+    got, want = layer(x, points=pts), oracle(layer, x, pts)
+    torch.testing.assert_close(got, want, rtol=1e-10, atol=1e-10)
+    leaves = [x, *layer.parameters()]
+    gy = torch.randn_like(got)
+    for g_got, g_want in zip(torch.autograd.grad(got, leaves, gy),
+                             torch.autograd.grad(want, leaves, gy), strict=True):
+        torch.testing.assert_close(g_got, g_want, rtol=1e-10, atol=1e-10)
+
+
 def test_bench_grid_reports_every_path_and_regret_and_resumes(tmp_path, one_thread):
     from a2d2c.ops.mixed_conv import exact_impls
     from a2d2c.tools.benchmark import GRID_COLUMNS, GRID_LAYERS, grid_cases, run_grid

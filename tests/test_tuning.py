@@ -67,7 +67,10 @@ def test_op_under_benchmark_matches_the_loop_oracle_with_all_gradients():
         refs = torch.autograd.grad(want, (x, w, a, s_in, s_out), g)
         for mine, ref in zip(grads, refs, strict=True):
             torch.testing.assert_close(mine, ref)
-    assert len(tuning.cache_info()) == 3  # one signature per coefficient shape
+    kinds = [key[0] for key in tuning.cache_info()]
+    assert kinds.count("mixed_conv2d") == 3  # one signature per coefficient shape
+    # the plus form's responses, measured once: the same (x, weight) for (B, K) and (B, K, O)
+    assert kinds.count("plus_responses") == 1
 
 
 def test_tuned_choice_takes_the_fastest_and_measures_once():
@@ -271,7 +274,7 @@ def test_train_impl_benchmark_turns_measuring_on_for_the_run(tmp_path, caplog):
     finally:
         log.removeHandler(caplog.handler)
     line = next(r.getMessage() for r in caplog.records if "impl benchmark" in r.getMessage())
-    n = len(tuning.cache_info())
+    n = sum(key[0] != "plus_responses" for key in tuning.cache_info())
     assert f"{n} shapes measured: " in line and n > 0
     assert seen and all(seen)
     assert not tuning.is_benchmark_enabled()  # restored after the run
@@ -289,10 +292,10 @@ def test_bench_tuned_variants_keep_their_own_measurements(monkeypatch):
                for v in list_variants(["condconv:tuned", "dynamicconv:tuned"])
                if v.label != "static"}
     for r in runners.values():
-        r.step()  # measures
-        assert len(r.measured) == 1
-    (key,) = runners["condconv"].measured
-    assert set(runners["dynamicconv"].measured) == {key}  # the same signature
+        r.step()  # measures (the path, and how the plus form computes its responses)
+        assert sorted(k[0] for k in r.measured) == ["mixed_conv2d", "plus_responses"]
+    key = next(k for k in runners["condconv"].measured if k[0] == "mixed_conv2d")
+    assert key in runners["dynamicconv"].measured  # the same signature
     runners["condconv"].measured[key] = tuning.Measured("kernel", {})
     runners["dynamicconv"].measured[key] = tuning.Measured("plus", {})
     calls: list[int] = []

@@ -67,6 +67,7 @@ from .cost import choose_impl
 
 __all__ = [
     "IMPLS",
+    "PLUS_METHODS",
     "TRITON_IMPLS",
     "MixedCoeff",
     "canonical_coeff",
@@ -74,6 +75,7 @@ __all__ = [
     "mix_responses",
     "mixed_conv2d",
     "per_sample_conv",
+    "plus_method",
     "plus_responses",
     "triton_available",
 ]
@@ -757,15 +759,63 @@ def _kernel_space_grads(gk: Tensor, mixed: Tensor, w_flat: Tensor, a: Tensor,
 
 
 # --------------------------------------------------------------------------- plus form
+#: How the plus form computes its ``K`` responses: one dense convolution with ``K·O``
+#: outputs (``"conv"``, oneDNN/cuDNN), or im2col and one GEMM per group over the whole
+#: batch's columns (``"gemm"``). Measured on CPU, 2 threads, training step of the K=4
+#: responses: on an Intel Xeon (AVX-512/AMX, 2026-12-06) the GEMM took 0.60x the
+#: convolution's time on wide layers over small maps (256→512 channels, stride 2, 8² →
+#: 4²; 512 channels, 4², batch 32) and 1.1-3x it everywhere else; on an AMD EPYC
+#: (2026-12-04) 1.5x at 512 channels, 4². So the default is the convolution and the GEMM
+#: is taken where :mod:`a2d2c.ops.tuning` measured it faster (:func:`plus_method`).
+PLUS_METHODS = ("conv", "gemm")
+
+
+def _gemm_responses(x: Tensor, weight: Tensor, stride: Sequence[int], padding: Sequence[int],
+                    dilation: Sequence[int], groups: int, tap: Tensor | None = None
+                    ) -> Tensor:
+    """The ``K`` base responses as ``(K, O, B, L)`` by im2col and one GEMM per group.
+
+    The batch's columns side by side, ``(g, m, B·L)``, so each group is one GEMM with a
+    wide right-hand side (per-sample GEMMs over a 4² map have 16 columns, and their weight
+    gradient would expand the bank to B copies). ``tap (B, kh·kw)``: scales the columns
+    of every tap first (the ODConv plus form).
+    """
+    b, c = x.shape[:2]
+    k, o, cg = weight.shape[:3]
+    ksize = tuple(weight.shape[3:])
+    taps = ksize[0] * ksize[1]
+    og = o // groups
+    cols = F.unfold(x, ksize, dilation=dilation, padding=padding, stride=stride)
+    length = cols.shape[-1]
+    if tap is not None:
+        cols = cols.view(b, c, taps, length) * tap.to(cols.dtype).view(b, 1, taps, 1)
+    cols = cols.reshape(b, groups, cg * taps, length).permute(1, 2, 0, 3).reshape(
+        groups, cg * taps, b * length)
+    wg = (weight.reshape(k, groups, og, cg * taps).transpose(0, 1)
+          .reshape(groups, k * og, cg * taps))  # (g, K·O/g, m)
+    resp = torch.bmm(wg, cols).view(groups, k, og, b, length)
+    return resp.transpose(0, 1).reshape(k, o, b, length)  # a view if g = 1
+
+
 def plus_responses(x: Tensor, weight: Tensor, bias: Tensor | None, stride: Sequence[int],
-                   padding: Sequence[int], dilation: Sequence[int], groups: int) -> Tensor:
+                   padding: Sequence[int], dilation: Sequence[int], groups: int,
+                   method: str = "conv") -> Tensor:
     """The ``K`` base responses ``F_k = conv(x, W_k) + b_k`` as ``(B, K, O, H', W')``.
 
-    One dense convolution with ``K·O`` output channels (grouped like the layer). ``bias``
-    is ``(K, O)`` or ``None``.
+    ``method`` (:data:`PLUS_METHODS`): one dense convolution with ``K·O`` output channels
+    (grouped like the layer), or im2col + GEMM. ``bias`` is ``(K, O)`` or ``None``.
     """
     k, o = weight.shape[:2]
     og = o // groups
+    if method == "gemm":
+        resp = _gemm_responses(x, weight, stride, padding, dilation, groups)  # (K, O, B, L)
+        if bias is not None:
+            resp = resp + bias.to(resp.dtype)[:, :, None, None]
+        b = x.shape[0]
+        ho, wo = _out_size(x.shape[2:], weight.shape[3:], stride, padding, dilation)
+        return resp.permute(2, 0, 1, 3).reshape(b, k, o, ho, wo)
+    if method != "conv":
+        raise ValueError(f"plus_responses: method must be one of {PLUS_METHODS}, got {method!r}")
     # Output channels of a grouped conv are group-major: order them (g, K, O/g).
     w = weight.view(k, groups, og, *weight.shape[2:]).transpose(0, 1)
     bs = None if bias is None else bias.view(k, groups, og).transpose(0, 1).reshape(-1)
@@ -775,6 +825,28 @@ def plus_responses(x: Tensor, weight: Tensor, bias: Tensor | None, stride: Seque
     if groups == 1:
         return feats.view(b, k, o, ho, wo)
     return feats.view(b, groups, k, og, ho, wo).transpose(1, 2).reshape(b, k, o, ho, wo)
+
+
+def plus_method(x: Tensor, weight: Tensor, stride: Sequence[int], padding: Sequence[int],
+                dilation: Sequence[int], groups: int) -> str:
+    """How the plus form computes its responses for this call (:data:`PLUS_METHODS`).
+
+    ``"conv"``, unless measured choice is on (:func:`a2d2c.ops.tuning.set_benchmark`) on
+    CPU: then both are timed once per signature (forward, and backward where a gradient
+    is wanted) on the call's own tensors and the faster is kept. Not while tracing or
+    under ``torch.func`` transforms.
+    """
+    if (x.device.type != "cpu" or not tuning.is_benchmark_enabled() or _is_tracing()
+            or _functorch_active()):
+        return "conv"
+    stride, padding, dilation = tuple(stride), tuple(padding), tuple(dilation)
+    key = tuning.signature("plus_responses", (x, weight), stride, padding, dilation, groups)
+
+    def run(method: str) -> None:
+        tuning.replay(lambda t: plus_responses(t[0], t[1], None, stride, padding, dilation,
+                                               groups, method), (x, weight))
+
+    return tuning.tuned_choice(key, PLUS_METHODS, run, x.device)
 
 
 def mix_responses(feats: Tensor, a: Tensor) -> Tensor:
@@ -798,7 +870,12 @@ def _plus(x, weight, coeff: MixedCoeff, in_scale, out_scale, bias_b, stride, pad
         xs = x.to(cdt)
         if in_scale is not None:
             xs = xs * in_scale.to(cdt)[:, :, None, None]
-        feats = plus_responses(xs, weight.to(cdt), None, stride, padding, dilation, groups)
+        wc = weight.to(cdt)
+        if plus_method(xs, wc, stride, padding, dilation, groups) == "gemm":
+            return _mix_gemm_responses(_gemm_responses(xs, wc, stride, padding, dilation,
+                                                       groups), coeff, out_scale, bias_b,
+                                       x.shape, weight.shape, stride, padding, dilation, cdt)
+        feats = plus_responses(xs, wc, None, stride, padding, dilation, groups)
         y = mix_responses(feats, coeff.a[..., 0])
         if out_scale is not None:
             y = y * out_scale.to(cdt)[:, :, None, None]
@@ -817,36 +894,30 @@ def _plus_tap_scaled(x, weight, coeff: MixedCoeff, tap, in_scale, out_scale, bia
     Σ_k a_k Σ_{c,t} W_k[o,c,t] · (s_tap[t] x[c, p+t])``. Cost as the plus form (``K``
     convolutions, as GEMMs) plus im2col; memory: the scaled columns and the ``K·O``
     responses."""
-    b, c, h, w = x.shape
-    k, o, cg = weight.shape[:3]
-    ksize = tuple(weight.shape[3:])
-    taps = ksize[0] * ksize[1]
-    og = o // groups
     with torch.autocast(x.device.type, enabled=False):
         xs = x.to(cdt)
         if in_scale is not None:
             xs = xs * in_scale.to(cdt)[:, :, None, None]
-        cols = F.unfold(xs, ksize, dilation=dilation, padding=padding, stride=stride)
-        length = cols.shape[-1]
-        cols = cols.view(b, c, taps, length) * tap.to(cdt).view(b, 1, taps, 1)
-        # (g, m, B·L): the batch's columns side by side, so each group is one GEMM with a
-        # wide right-hand side (per-sample GEMMs over a 4² map have 16 columns, and their
-        # weight gradient would expand the bank to B copies)
-        cols = cols.view(b, groups, cg * taps, length).permute(1, 2, 0, 3).reshape(
-            groups, cg * taps, b * length)
-        wg = (weight.to(cdt).reshape(k, groups, og, cg * taps).transpose(0, 1)
-              .reshape(groups, k * og, cg * taps))  # (g, K·O/g, m)
-        resp = torch.bmm(wg, cols).view(groups, k, og, b, length)
-        resp = resp.transpose(0, 1).reshape(k, o, b, length)  # (K, O, B, L), a view if g = 1
-        a = coeff.a[..., 0].to(cdt).permute(1, 2, 0)  # (K, Oa, B)
-        y = (resp * a[..., None]).sum(0)  # (O, B, L)
-        if out_scale is not None:
-            y = y * out_scale.to(cdt).t()[:, :, None]
-        if bias_b is not None:
-            y = y + bias_b.to(cdt).t()[:, :, None]
-        y = y.permute(1, 0, 2).contiguous().view(
-            b, o, *_out_size((h, w), ksize, stride, padding, dilation))
-    return y
+        resp = _gemm_responses(xs, weight.to(cdt), stride, padding, dilation, groups,
+                               tap.reshape(x.shape[0], -1))
+        return _mix_gemm_responses(resp, coeff, out_scale, bias_b, x.shape, weight.shape,
+                                   stride, padding, dilation, cdt)
+
+
+def _mix_gemm_responses(resp: Tensor, coeff: MixedCoeff, out_scale, bias_b, x_shape,
+                        w_shape, stride, padding, dilation, cdt) -> Tensor:
+    """``Σ_k a[:, k] ⊙ F_k`` (then scale, bias) of responses ``(K, O, B, L)`` in that layout,
+    returned as a contiguous ``(B, O, H', W')``."""
+    b = x_shape[0]
+    o = w_shape[1]
+    a = coeff.a[..., 0].to(cdt).permute(1, 2, 0)  # (K, Oa, B)
+    y = (resp * a[..., None]).sum(0)  # (O, B, L)
+    if out_scale is not None:
+        y = y * out_scale.to(cdt).t()[:, :, None]
+    if bias_b is not None:
+        y = y + bias_b.to(cdt).t()[:, :, None]
+    return y.permute(1, 0, 2).contiguous().view(
+        b, o, *_out_size(x_shape[2:], w_shape[3:], stride, padding, dilation))
 
 
 # ------------------------------------------------------------------ under torch.compile

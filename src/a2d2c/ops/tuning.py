@@ -20,6 +20,10 @@ floating-point rounding, not the computation; but it depends on timings, so two 
 two DDP ranks) may pick differently — leave it off where bitwise reproducibility matters
 (under DDP the averaged gradients still keep the ranks' weights identical).
 
+On CPU the plus form also measures, once per signature, how it computes its ``K``
+responses: one dense convolution or im2col + GEMM
+(:func:`a2d2c.ops.mixed_conv.plus_method`; which is faster depends on the CPU).
+
 Nothing is timed while tracing (``torch.compile``, export, ONNX) or under ``torch.func``
 transforms: there the cost model decides, as without benchmarking.
 
@@ -110,12 +114,19 @@ def cache_info() -> dict[Hashable, Measured]:
 
 def summary() -> str:
     """One line on the measurements so far, e.g. ``"12 shapes measured: kernel 7, plus
-    5"`` (empty when nothing was measured)."""
-    choices = [m.choice for m in cache_info().values()]
-    if not choices:
+    5; plus responses: conv 3, gemm 2"`` (empty when nothing was measured)."""
+    entries = cache_info()
+    choices = [m.choice for key, m in entries.items() if key[0] != "plus_responses"]
+    methods = [m.choice for key, m in entries.items() if key[0] == "plus_responses"]
+    if not choices and not methods:
         return ""
-    return f"{len(choices)} shapes measured: " + ", ".join(
-        f"{name} {choices.count(name)}" for name in sorted(set(choices)))
+
+    def counts(names: list[str]) -> str:
+        return ", ".join(f"{name} {names.count(name)}" for name in sorted(set(names)))
+
+    line = f"{len(choices)} shapes measured: {counts(choices)}"
+    # the plus form's own choice of how to compute its responses (mixed_conv.plus_method)
+    return f"{line}; plus responses: {counts(methods)}" if methods else line
 
 
 def load_cache(entries: Mapping[Hashable, Measured]) -> None:

@@ -274,6 +274,15 @@ def _count_line(names: Iterable[str]) -> str:
     return " ".join(f"{name}:{names.count(name)}" for name in sorted(set(names)))
 
 
+def _tuned_line(measured: dict) -> str:
+    """``kernel:3 plus:4 | plus responses gemm:4``: the measured paths, then how the plus
+    form's responses were measured best (``plus_responses`` signatures)."""
+    paths = [m.choice for key, m in measured.items() if key[0] != "plus_responses"]
+    methods = [m.choice for key, m in measured.items() if key[0] == "plus_responses"]
+    line = _count_line(paths)
+    return f"{line} | plus responses {_count_line(methods)}" if methods else line
+
+
 # ----------------------------------------------------------------------------- memory
 def saved_activation_bytes(fn: Callable[[], object], exclude: Iterable[Tensor] = ()) -> int:
     """Bytes of the unique storages autograd saves for backward while ``fn()`` runs.
@@ -510,8 +519,8 @@ def _run_case(case: Case, variants: Sequence[Variant], device: torch.device,
         rows.append(dict(
             case=case.name, kind=case.kind, mode=case.mode, variant=r.variant.label,
             conv=r.variant.conv, impl=r.variant.impl or "",
-            resolved=(_count_line(m.choice for m in r.measured.values())
-                      if r.variant.impl == TUNED else _resolved_impls(r.module, x_probe, train)),
+            resolved=(_tuned_line(r.measured) if r.variant.impl == TUNED
+                      else _resolved_impls(r.module, x_probe, train)),
             batch=case.batch,
             channels=case.channels, size=case.size, num_kernels=case.num_kernels,
             median_ms=med * 1e3, min_ms=min(r.times) * 1e3, samples_per_s=case.batch / med,
