@@ -93,6 +93,7 @@ def main() -> int:
                 batch1=(0.25, 0.5, 0.75, 1.0, 1.5, 2.0, 3.0),
                 reuse=(0.0, 0.1, 0.25, 0.5, 0.75, 1.0),
                 reuse_blocked=(0.0, 0.1, 0.25, 0.5, 0.75, 1.0),
+                tap_gemm=(0.4, 0.5, 0.6, 0.7, 0.8, 1.0, 1.2, 1.5, 2.0),
                 call_kernel=calls, call_unfold=calls, call_plus=calls, call_descriptor=calls)
     rng = random.Random(0)
     starts = [dict(current)] + [

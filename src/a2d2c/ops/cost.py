@@ -25,7 +25,9 @@ __all__ = ["COST_CONSTANTS", "choose_impl", "estimate_costs"]
 # doubled in training), spread over the batch;
 # ``call_descriptor``: the same for A²D²C's attention descriptor, which the kernel and
 # unfold paths compute from the input (patch means, then the K base kernels) and the plus
-# form reads off its K responses.
+# form reads off its K responses; ``tap_gemm``: a multiply-add of the plus form's GEMM over
+# the whole batch's im2col columns (ODConv's tap-scaled plus form), relative to a dense
+# convolution's.
 # CPU values: fitted with ``scripts/fit_cost_model.py`` to a reduced grid (1 thread, quiet
 # machine, 2026-12-02) and kept as the simplest set within the noise of the best fit; on a
 # fresh grid of the final code (``benchmarks/results/bench_grid_reduced_cpu1t.csv``,
@@ -34,7 +36,12 @@ __all__ = ["COST_CONSTANTS", "choose_impl", "estimate_costs"]
 # 2-thread grids of a faster host (``bench_grid_reduced_cpu2t.csv``: 1.011, max 1.78;
 # ``bench_grid_stages_cpu2t.csv``, the CPU targets' layers: 1.002, max 1.07), where 0
 # put CIFAR ResNet-18's last stages on the blocked unfold path, 1.6-1.9x slower than plus
-# there. docs/performance.md, "The refit" and "The 2-thread grids".
+# there. docs/performance.md, "The refit" and "The 2-thread grids". ``tap_gemm`` 0.7
+# (2026-12-06; before, the per-sample ``unfold`` 1.5): on the CPU targets' layers measured
+# on an Intel host (``bench_grid_stages_cpu2t_2026-12-06_intel.csv``) it takes ODConv's
+# plus form at 256 ch 8², 2.2x faster there than the kernel form (max regret 2.24 -> 1.16);
+# any value in 0.6-0.8 leaves the regrets of the three AMD/earlier grids as they were
+# (0.5 and below do not).
 # CUDA values were fitted to ``a2d2c bench --device cuda --dtype bf16 --preset issue6``
 # on an H200 (2026-11-28, benchmarks/results/): there the plus form was the fastest in
 # every case (cuDNN's dense convs are fast, its grouped per-sample convs are not), and
@@ -42,10 +49,10 @@ __all__ = ["COST_CONSTANTS", "choose_impl", "estimate_costs"]
 COST_CONSTANTS: dict[str, dict[str, float]] = {
     "cpu": {"dense": 1.0, "grouped": 1.3, "unfold": 1.5, "touch": 32.0, "batch1": 1.0,
             "reuse": 0.75, "reuse_blocked": 0.5, "call_kernel": 3e6, "call_unfold": 3e6,
-            "call_plus": 0.0, "call_descriptor": 3e7},
+            "call_plus": 0.0, "call_descriptor": 3e7, "tap_gemm": 0.7},
     "cuda": {"dense": 1.0, "grouped": 8.0, "unfold": 6.0, "touch": 64.0, "batch1": 8.0,
              "reuse": 1.0, "reuse_blocked": 1.0, "call_kernel": 0.0, "call_unfold": 0.0,
-             "call_plus": 0.0, "call_descriptor": 0.0},
+             "call_plus": 0.0, "call_descriptor": 0.0, "tap_gemm": 6.0},
 }
 
 #: Bytes per element the CPU chunk and block plans are modelled with (fp32).
@@ -84,8 +91,9 @@ def estimate_costs(*, batch: int | None, in_channels: int, out_channels: int,
     plus ``p·K·O·m`` (their product with the base kernels, a GEMM) plus ``f·F_descriptor/B``.
 
     ``tap_scaled=True`` (ODConv's factored spatial attention, ``tap_scale`` of the op):
-    the plus form runs on per-tap scaled im2col columns, so it is priced as GEMMs,
-    ``p·γ_unfold·K·conv``, plus the im2col passes of the unfold path and the same mixing.
+    the plus form runs on per-tap scaled im2col columns, one GEMM per group over the whole
+    batch's columns, so it is priced ``p·γ_tap_gemm·K·conv``, plus the im2col passes of
+    the unfold path and the same mixing.
 
     ``batch=None`` means "any batch size" (no batch-1 case, no fixed cost, no blocks), as
     used while tracing.
@@ -131,7 +139,7 @@ def estimate_costs(*, batch: int | None, in_channels: int, out_channels: int,
         + calls * const["call_kernel"],
         "unfold": passes * const["unfold"] * conv + unfold_mix + cols + desc
         + calls * const["call_unfold"],
-        "plus": passes * const["unfold" if tap_scaled else "dense"] * k * conv
+        "plus": passes * const["tap_gemm" if tap_scaled else "dense"] * k * conv
         + (cols if tap_scaled else 0.0)
         + const["touch"] * k * o * length * (6.0 if training else 2.0)
         + calls * const["call_plus"],
