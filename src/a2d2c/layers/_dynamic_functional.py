@@ -14,11 +14,12 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from ..ops.mixed_conv import compute_dtype
+from ..ops.mixed_conv import auto_impl, compute_dtype
 from ._base import ConvArgs, check_conv_input, check_positive_int
 
 __all__ = [
     "DynamicConvBase",
+    "MixedConvDispatch",
     "attention_dtype",
     "check_ratio",
     "hard_sigmoid",
@@ -33,6 +34,33 @@ def hard_sigmoid(x: Tensor) -> Tensor:
     (Note the ``/ 3``, not the ``/ 6`` of MobileNetV3's h-sigmoid.)
     """
     return F.relu6(x + 3.0) / 3.0
+
+
+class MixedConvDispatch:
+    """``resolve_impl`` for the layers that hand their kernels to :func:`a2d2c.ops.mixed_conv2d`
+    with ``impl=self.impl`` (CondConv, DynamicConv, ODConv; A²D²C has its own, which also
+    prices its descriptor)."""
+
+    impl: str
+
+    def _tap_scaled(self) -> bool:
+        """Whether the layer passes the op a factored per-tap scale (ODConv)."""
+        return False
+
+    def resolve_impl(self, input_shape: Sequence[int], *, training: bool | None = None,
+                     device: torch.device | str | None = None) -> str:
+        """The op's path for an input of ``input_shape``: an explicit ``impl`` as is, for
+        ``"auto"`` the op's cost-model choice (``training``: default the module's flag).
+        With benchmarking on (:mod:`a2d2c.ops.tuning`) the op runs the measured fastest
+        instead (``tuning.cache_info()``); this returns the model's."""
+        if self.impl != "auto":
+            return self.impl
+        training = self.training if training is None else training
+        device_type = torch.device("cpu" if device is None else device).type
+        return auto_impl(tuple(input_shape), tuple(self.weight.shape), False,
+                         training=training, device_type=device_type, stride=self.stride,
+                         padding=self.geometry.padding, dilation=self.dilation,
+                         groups=self.groups, tap_scaled=self._tap_scaled())
 
 
 class DynamicConvBase(nn.Module):

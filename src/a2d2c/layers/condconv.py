@@ -18,12 +18,18 @@ from torch import Tensor, nn
 
 from ..ops.mixed_conv import IMPLS, mixed_conv2d
 from ._base import check_choice
-from ._dynamic_functional import DynamicConvBase, attention_dtype, init_like_conv2d, linear
+from ._dynamic_functional import (
+    DynamicConvBase,
+    MixedConvDispatch,
+    attention_dtype,
+    init_like_conv2d,
+    linear,
+)
 
 __all__ = ["CondConv2d"]
 
 
-class CondConv2d(DynamicConvBase):
+class CondConv2d(MixedConvDispatch, DynamicConvBase):
     """CondConv, a drop-in for :class:`nn.Conv2d` with ``K`` routed expert kernels.
 
     Args:

@@ -21,6 +21,7 @@ from ..ops.mixed_conv import IMPLS, mixed_conv2d
 from ._base import TemperatureMixin, check_choice
 from ._dynamic_functional import (
     DynamicConvBase,
+    MixedConvDispatch,
     attention_dtype,
     check_ratio,
     init_like_conv2d,
@@ -30,7 +31,7 @@ from ._dynamic_functional import (
 __all__ = ["DynamicConv2d"]
 
 
-class DynamicConv2d(TemperatureMixin, DynamicConvBase):
+class DynamicConv2d(MixedConvDispatch, TemperatureMixin, DynamicConvBase):
     """Dynamic convolution (DY-Conv), a drop-in for :class:`nn.Conv2d`.
 
     Args:

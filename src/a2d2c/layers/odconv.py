@@ -36,6 +36,7 @@ from ..ops.mixed_conv import IMPLS, mixed_conv2d
 from ._base import TemperatureMixin, check_choice, check_positive_int
 from ._dynamic_functional import (
     DynamicConvBase,
+    MixedConvDispatch,
     attention_dtype,
     check_ratio,
     init_like_conv2d,
@@ -45,7 +46,7 @@ from ._dynamic_functional import (
 __all__ = ["ODConv2d"]
 
 
-class ODConv2d(TemperatureMixin, DynamicConvBase):
+class ODConv2d(MixedConvDispatch, TemperatureMixin, DynamicConvBase):
     """Omni-dimensional dynamic convolution, a drop-in for :class:`nn.Conv2d`.
 
     Args:
@@ -120,6 +121,10 @@ class ODConv2d(TemperatureMixin, DynamicConvBase):
         self.spatial_fc = None if taps == 1 else nn.Linear(h, taps, **factory)
         self.kernel_fc = None if num_kernels == 1 else nn.Linear(h, num_kernels, **factory)
         self.reset_parameters()
+
+    def _tap_scaled(self) -> bool:
+        # the spatial attention goes to the op as a factored tap scale (forward)
+        return self.spatial_fc is not None
 
     def reset_parameters(self) -> None:
         """Every kernel like ``nn.Conv2d``; the attention FCs like ``nn.Linear``."""

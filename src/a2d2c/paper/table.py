@@ -30,7 +30,12 @@ class CountedRow:
     params: int | None = None
     madds: int | None = None
     counted: str = ""
+    auto_madds: int | None = None
+    """What ``impl="auto"`` runs at batch 1 where that is another form (e.g. the plus form
+    on late stages): its count, and ``auto_counted`` its forms."""
+    auto_counted: str = ""
     kernel_form_madds: int | None = None
+    """A²D²C+ rows (the plus form by definition): the same network in the kernel form."""
     params_1000: int | None = None
     """CIFAR rows: the same model with a 1000-class classifier (what the paper printed)."""
 
@@ -68,15 +73,24 @@ def _count(row: PaperRow, madds: bool) -> CountedRow:
     if row.dataset == "CIFAR-100":
         out.params_1000 = count_params(build_row(row, num_classes=1000))
     if madds and row.dataset != "COCO":
-        report = count_madds(model, _SETTINGS[row.dataset][2])
+        size = _SETTINGS[row.dataset][2]
+        auto = count_madds(model, size)
+        # The method's own arithmetic, as the papers count it: every layer whose form is a
+        # choice (impl="auto") in its kernel form — one mixed kernel per sample. A²D²C+
+        # rows are the plus form by definition (impl="plus" is kept).
+        chosen = [m for m in model.modules()
+                  if callable(getattr(m, "resolve_impl", None)) and m.impl == "auto"]
+        for m in chosen:
+            m.impl = "kernel"
+        report = count_madds(model, size) if chosen else auto
         out.madds, out.counted = report.madds, report.summary()
+        if auto.madds != report.madds:
+            out.auto_madds, out.auto_counted = auto.madds, auto.summary()
         if "impl=plus" in out.counted:
-            # What the same network costs when its layers run the kernel form.
-            alt = dict(row.overrides, conv="a2d2c")
-            kernel = CountedRow(PaperRow(row.table, row.row, row.dataset, None, None, row.model,
-                                         alt))
-            model = build_row(kernel.paper)
-            out.kernel_form_madds = count_madds(model, _SETTINGS[row.dataset][2]).madds
+            alt = dict(row.overrides, conv="a2d2c", impl="kernel")
+            kernel = build_row(PaperRow(row.table, row.row, row.dataset, None, None, row.model,
+                                        alt))
+            out.kernel_form_madds = count_madds(kernel, size).madds
     return out
 
 
@@ -117,6 +131,11 @@ def _cells(r: CountedRow) -> list[str]:
         note = (note + "; " if note else "") + (
             f"kernel form: {r.kernel_form_madds / 1e9:.3f}G" if r.kernel_form_madds >= 1e9
             else f"kernel form: {r.kernel_form_madds / 1e6:.1f}M")
+    if r.auto_madds is not None:
+        count = (f"{r.auto_madds / 1e9:.3f}G" if r.auto_madds >= 1e9
+                 else f"{r.auto_madds / 1e6:.1f}M")
+        note = (note + "; " if note else "") + (
+            f"impl='auto' at batch 1 runs {r.auto_counted}: {count}")
     return [str(p.table), p.row, p.dataset, r.built_as,
             "" if p.params_m is None else f"{p.params_m:.2f}M", params,
             _pct(None if r.params is None else r.params / 1e6, p.params_m),
@@ -145,7 +164,10 @@ def render_markdown(rows: list[CountedRow]) -> str:
         "by hand). Every row of the paper's Tables 1-13 that this project can build, "
         "counted by `a2d2c.profiling`: parameters of the whole model, MAdds of one "
         "eval-mode forward pass at batch size 1 (convolutions + matrix products + "
-        "kernel aggregation; see docs/models.md). ImageNet rows: "
+        "kernel aggregation; see docs/models.md) with every dynamic layer in its kernel "
+        "form, one mixed kernel per sample, as the papers count it (A²D²C+ rows: the plus "
+        "form); where `impl='auto'` would run another form at batch 1, the note gives "
+        "that count. ImageNet rows: "
         "1000 classes at 224x224; CIFAR-100 rows: 100 classes, CIFAR stem, 32x32; "
         "COCO rows: the backbone without its classifier (the paper's bracketed figure). "
         "ResNet-50 rows are variant v1 (stride on the first 1x1; the paper's 3.858G).",

@@ -241,18 +241,7 @@ def _resolved_impls(module: nn.Module, x: Tensor, training: bool) -> str:
     hooks = []
 
     def hook(mod: nn.Module, args: tuple) -> None:
-        shape, device = args[0].shape, args[0].device
-        if isinstance(mod, A2D2Conv2d):
-            seen.append(mod.resolve_impl(shape, training=training, device=device))
-        elif mod.impl != "auto":
-            seen.append(mod.impl)
-        else:  # the baselines: the op's own choice (ODConv's spatial attention: a factored
-            # per-tap scale)
-            tap_scaled = getattr(mod, "spatial_fc", None) is not None
-            seen.append(auto_impl(shape, mod.weight.shape, False, training=training,
-                                  device_type=device.type, stride=mod.stride,
-                                  padding=mod.padding, dilation=mod.dilation,
-                                  groups=mod.groups, tap_scaled=tap_scaled))
+        seen.append(mod.resolve_impl(args[0].shape, training=training, device=args[0].device))
 
     for m in module.modules():
         if isinstance(m, _IMPL_LAYERS):
