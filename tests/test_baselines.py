@@ -630,3 +630,25 @@ def test_dcd_linear_matches_formula_and_counts(norm, train):
         + 32 * 1000)
     with pytest.raises(ValueError, match=r"expects input of shape \(B, 512\)"):
         DCDLinear(512, 10)(torch.randn(2, 256))
+
+
+@pytest.mark.parametrize("layer_cls", [CondConv2d, DynamicConv2d, ODConv2d])
+@pytest.mark.parametrize("shape,training", [((64, 32, 4, 4), True), ((2, 8, 16, 16), True),
+                                            ((1, 32, 7, 7), False), ((4, 8, 9, 9), False)])
+def test_resolve_impl_names_the_path_the_op_runs(monkeypatch, layer_cls, shape, training):
+    """``resolve_impl`` (what a2d2c.profiling and the bench report) is the op's own choice
+    for the layer's call — ODConv's factored spatial attention included — and an explicit
+    ``impl`` is returned as is."""
+    from a2d2c.ops import mixed_conv
+
+    ran = []
+    real = mixed_conv.auto_impl
+    monkeypatch.setattr(mixed_conv, "auto_impl",
+                        lambda *a, **k: ran.append(real(*a, **k)) or ran[-1])
+    layer = layer_cls(shape[1], 16, 3, padding=1, num_kernels=4).train(training)
+    x = torch.randn(*shape, requires_grad=training)
+    with torch.set_grad_enabled(training):
+        layer(x)
+    assert ran == [layer.resolve_impl(shape, training=training)]
+    layer.impl = "unfold"
+    assert layer.resolve_impl(shape) == "unfold"

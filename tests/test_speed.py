@@ -360,7 +360,7 @@ def test_cost_model_chooses_well_on_the_committed_grids():
     layers (2 threads), where it must meet the issue's regret bound. The grids' noise
     floor (auto vs the path it runs): 10–90 % range about 0.9–1.15."""
     for name in ("bench_grid_reduced_cpu1t.csv", "bench_grid_reduced_cpu2t_before-refit.csv",
-                 "bench_grid_reduced_cpu2t.csv"):
+                 "bench_grid_reduced_cpu2t.csv", "bench_grid_reduced_cpu2t_2026-12-06_intel.csv"):
         points = grid_fit.load_grid_points([RESULTS / name])
         assert len(points) >= 400, name  # 114 points x 4 layer types
         got = grid_fit.summarize(grid_fit.model_regrets(points))
@@ -385,6 +385,10 @@ def test_cost_model_chooses_well_on_the_committed_grids():
     assert got["max"] <= 1.2 and got["geo_mean"] <= 1.02, got
     before = grid_fit.summarize(grid_fit.model_regrets(intel, dict(tap_gemm=1.5)))
     assert before["max"] > 2.0, before  # the GEMM priced as the per-sample unfold GEMMs
+    # and on that host's reduced grid (ODConv 512 ch 14² b1 training: 2.53 before)
+    reduced = grid_fit.load_grid_points([RESULTS / "bench_grid_reduced_cpu2t_2026-12-06_intel.csv"])
+    before = grid_fit.summarize(grid_fit.model_regrets(reduced, dict(tap_gemm=1.5)))
+    assert before["max"] > GRID_MAX_BOUND, before
     points = grid_fit.load_grid_points([GRID_CSV])
     wrong = grid_fit.summarize(grid_fit.model_regrets(points, dict(touch=1.0, grouped=0.5,
                                                                    unfold=0.5)))

@@ -39,7 +39,9 @@ __all__ = ["COST_CONSTANTS", "choose_impl", "estimate_costs"]
 # there. docs/performance.md, "The refit" and "The 2-thread grids". ``tap_gemm`` 0.7
 # (2026-12-06; before, the per-sample ``unfold`` 1.5): on the CPU targets' layers measured
 # on an Intel host (``bench_grid_stages_cpu2t_2026-12-06_intel.csv``) it takes ODConv's
-# plus form at 256 ch 8², 2.2x faster there than the kernel form (max regret 2.24 -> 1.16);
+# plus form at 256 ch 8², 2.2x faster there than the kernel form (max regret 2.24 -> 1.16;
+# that host's reduced grid, ``bench_grid_reduced_cpu2t_2026-12-06_intel.csv``: 1.006, max
+# 1.62, with 1.5 max 2.53);
 # any value in 0.6-0.8 leaves the regrets of the three AMD/earlier grids as they were
 # (0.5 and below do not).
 # CUDA values were fitted to ``a2d2c bench --device cuda --dtype bf16 --preset issue6``
