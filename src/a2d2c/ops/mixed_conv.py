@@ -840,7 +840,8 @@ def plus_method(x: Tensor, weight: Tensor, stride: Sequence[int], padding: Seque
             or _functorch_active()):
         return "conv"
     stride, padding, dilation = tuple(stride), tuple(padding), tuple(dilation)
-    key = tuning.signature("plus_responses", (x, weight), stride, padding, dilation, groups)
+    key = tuning.signature(tuning.PLUS_RESPONSES, (x, weight), stride, padding, dilation,
+                           groups)
 
     def run(method: str) -> None:
         tuning.replay(lambda t: plus_responses(t[0], t[1], None, stride, padding, dilation,
@@ -865,32 +866,13 @@ def mix_responses(feats: Tensor, a: Tensor) -> Tensor:
 
 
 def _plus(x, weight, coeff: MixedCoeff, in_scale, out_scale, bias_b, stride, padding, dilation,
-          groups, cdt):
-    with torch.autocast(x.device.type, enabled=False):
-        xs = x.to(cdt)
-        if in_scale is not None:
-            xs = xs * in_scale.to(cdt)[:, :, None, None]
-        wc = weight.to(cdt)
-        if plus_method(xs, wc, stride, padding, dilation, groups) == "gemm":
-            return _mix_gemm_responses(_gemm_responses(xs, wc, stride, padding, dilation,
-                                                       groups), coeff, out_scale, bias_b,
-                                       x.shape, weight.shape, stride, padding, dilation, cdt)
-        feats = plus_responses(xs, wc, None, stride, padding, dilation, groups)
-        y = mix_responses(feats, coeff.a[..., 0])
-        if out_scale is not None:
-            y = y * out_scale.to(cdt)[:, :, None, None]
-        if bias_b is not None:
-            y = y + bias_b.to(cdt)[:, :, None, None]
-    return y
+          groups, cdt, tap=None):
+    """The plus form: the ``K`` responses (:func:`plus_method`: one dense convolution, or
+    im2col + GEMM) mixed with ``a``.
 
-
-def _plus_tap_scaled(x, weight, coeff: MixedCoeff, tap, in_scale, out_scale, bias_b, stride,
-                     padding, dilation, groups, cdt):
-    """The plus form for a coefficient that factors as ``a[b,k,o] · s_tap[b,t]`` (ODConv:
-    kernel × spatial attention): the input's im2col columns are scaled by ``s_in[b,c] ·
-    s_tap[b,t]``, one GEMM per group with the ``K·O`` base kernels over the columns of the
-    whole batch gives every sample's ``K`` responses, and they are mixed with ``a`` (plain
-    differentiable ops). Exact: ``Σ_t Σ_c (Σ_k a_k s_tap[t] W_k[o,c,t]) x[c, p+t] =
+    ``tap (B, kh, kw)``: a coefficient that factors as ``a[b,k,o] · s_tap[b,t]`` (ODConv:
+    kernel × spatial attention), always by GEMM: the input's im2col columns are scaled by
+    ``s_in[b,c] · s_tap[b,t]``. Exact: ``Σ_t Σ_c (Σ_k a_k s_tap[t] W_k[o,c,t]) x[c, p+t] =
     Σ_k a_k Σ_{c,t} W_k[o,c,t] · (s_tap[t] x[c, p+t])``. Cost as the plus form (``K``
     convolutions, as GEMMs) plus im2col; memory: the scaled columns and the ``K·O``
     responses."""
@@ -898,10 +880,19 @@ def _plus_tap_scaled(x, weight, coeff: MixedCoeff, tap, in_scale, out_scale, bia
         xs = x.to(cdt)
         if in_scale is not None:
             xs = xs * in_scale.to(cdt)[:, :, None, None]
-        resp = _gemm_responses(xs, weight.to(cdt), stride, padding, dilation, groups,
-                               tap.reshape(x.shape[0], -1))
-        return _mix_gemm_responses(resp, coeff, out_scale, bias_b, x.shape, weight.shape,
-                                   stride, padding, dilation, cdt)
+        wc = weight.to(cdt)
+        if tap is not None or plus_method(xs, wc, stride, padding, dilation, groups) == "gemm":
+            resp = _gemm_responses(xs, wc, stride, padding, dilation, groups,
+                                   None if tap is None else tap.reshape(x.shape[0], -1))
+            return _mix_gemm_responses(resp, coeff, out_scale, bias_b, x.shape, weight.shape,
+                                       stride, padding, dilation, cdt)
+        feats = plus_responses(xs, wc, None, stride, padding, dilation, groups)
+        y = mix_responses(feats, coeff.a[..., 0])
+        if out_scale is not None:
+            y = y * out_scale.to(cdt)[:, :, None, None]
+        if bias_b is not None:
+            y = y + bias_b.to(cdt)[:, :, None, None]
+    return y
 
 
 def _mix_gemm_responses(resp: Tensor, coeff: MixedCoeff, out_scale, bias_b, x_shape,
@@ -1225,8 +1216,8 @@ def mixed_conv2d(
                                   groups)
     cdt = compute_dtype(x)
     if impl == "plus" and factored:
-        return _plus_tap_scaled(x, weight, plain, tap, in_scale, out_scale, bias_b, stride,
-                                padding, dilation, groups, cdt)
+        return _plus(x, weight, plain, in_scale, out_scale, bias_b, stride, padding, dilation,
+                     groups, cdt, tap)
     if impl in ("plus", "triton_plus") and cf.per_tap:
         fix = ("; or pass the tap-dependent part as tap_scale (B, kh, kw)"
                if impl == "plus" and tap is None else "")

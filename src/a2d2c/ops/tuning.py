@@ -46,6 +46,7 @@ import torch
 from torch import Tensor
 
 __all__ = [
+    "PLUS_RESPONSES",
     "Measured",
     "benchmark",
     "cache_info",
@@ -55,6 +56,7 @@ __all__ = [
     "replay",
     "set_benchmark",
     "signature",
+    "split_choices",
     "summary",
     "tuned_choice",
 ]
@@ -115,9 +117,7 @@ def cache_info() -> dict[Hashable, Measured]:
 def summary() -> str:
     """One line on the measurements so far, e.g. ``"12 shapes measured: kernel 7, plus
     5; plus responses: conv 3, gemm 2"`` (empty when nothing was measured)."""
-    entries = cache_info()
-    choices = [m.choice for key, m in entries.items() if key[0] != "plus_responses"]
-    methods = [m.choice for key, m in entries.items() if key[0] == "plus_responses"]
+    choices, methods = split_choices(cache_info())
     if not choices and not methods:
         return ""
 
@@ -125,8 +125,20 @@ def summary() -> str:
         return ", ".join(f"{name} {names.count(name)}" for name in sorted(set(names)))
 
     line = f"{len(choices)} shapes measured: {counts(choices)}"
-    # the plus form's own choice of how to compute its responses (mixed_conv.plus_method)
     return f"{line}; plus responses: {counts(methods)}" if methods else line
+
+
+#: The signature kind of the plus form's own measurement (how it computes its responses,
+#: :func:`a2d2c.ops.mixed_conv.plus_method`), kept apart from the path choices.
+PLUS_RESPONSES = "plus_responses"
+
+
+def split_choices(entries: Mapping[Hashable, Measured]) -> tuple[list[str], list[str]]:
+    """The chosen paths and, apart, the chosen plus-form methods of ``entries``
+    (:func:`cache_info`)."""
+    paths = [m.choice for key, m in entries.items() if key[0] != PLUS_RESPONSES]
+    methods = [m.choice for key, m in entries.items() if key[0] == PLUS_RESPONSES]
+    return paths, methods
 
 
 def load_cache(entries: Mapping[Hashable, Measured]) -> None:

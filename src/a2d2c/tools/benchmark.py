@@ -266,8 +266,7 @@ def _count_line(names: Iterable[str]) -> str:
 def _tuned_line(measured: dict) -> str:
     """``kernel:3 plus:4 | plus responses gemm:4``: the measured paths, then how the plus
     form's responses were measured best (``plus_responses`` signatures)."""
-    paths = [m.choice for key, m in measured.items() if key[0] != "plus_responses"]
-    methods = [m.choice for key, m in measured.items() if key[0] == "plus_responses"]
+    paths, methods = tuning.split_choices(measured)
     line = _count_line(paths)
     return f"{line} | plus responses {_count_line(methods)}" if methods else line
 
